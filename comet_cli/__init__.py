@@ -1,0 +1,1 @@
+"""comet_cli: the `comet` command line."""

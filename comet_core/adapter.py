@@ -1,0 +1,78 @@
+"""CoMeT adapters: the memory nets, beacon embeddings and LoRA of one backbone, in one safetensors file.
+
+Metadata entry "comet_adapter" (JSON): format version, CometConfig, the base model's name and
+fingerprint (an adapter only loads onto the backbone it was trained on), and free-form training notes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from safetensors.torch import save as st_save
+
+from .config import CometConfig
+from .memory import CometMemory
+from .model import CometModel
+from .state_io import atomic_write
+
+ADAPTER_FORMAT = "comet-adapter"
+ADAPTER_VERSION = 1
+
+
+class AdapterError(Exception):
+    """An adapter that cannot be used; one line for the user."""
+
+
+def save_adapter(path: str | os.PathLike, model: CometModel, base_fingerprint: str, base_name: str,
+                 notes: dict | None = None) -> None:
+    tensors = {k: v.detach().float().cpu().contiguous() for k, v in model.mem.adapter_state().items()}
+    meta = {"format": ADAPTER_FORMAT, "version": ADAPTER_VERSION, "config": model.cfg.to_dict(),
+            "base_model": base_name, "base_fingerprint": base_fingerprint, "notes": notes or {}}
+    atomic_write(path, st_save(tensors, metadata={"comet_adapter": json.dumps(meta)}))
+
+
+def read_adapter(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
+    try:
+        tensors = load_file(str(path))
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            raw = json.loads(f.read(n)).get("__metadata__", {}) or {}
+        meta = json.loads(raw["comet_adapter"])
+    except FileNotFoundError:
+        raise AdapterError(f"{path}: no such adapter file") from None
+    except (SafetensorError, KeyError, ValueError, OSError) as e:
+        raise AdapterError(f"{path}: not a valid comet adapter ({str(e).splitlines()[0][:80]})") from None
+    if meta.get("format") != ADAPTER_FORMAT or meta.get("version", 99) > ADAPTER_VERSION:
+        raise AdapterError(f"{path}: unsupported adapter format {meta.get('format')} v{meta.get('version')}")
+    return meta, tensors
+
+
+def load_adapter(path: str | os.PathLike, lm: torch.nn.Module, base_fingerprint: str | None = None
+                 ) -> tuple[CometModel, dict]:
+    """Build a CometModel from `lm` and an adapter file. Checks the base-model fingerprint if given."""
+    meta, tensors = read_adapter(path)
+    if base_fingerprint is not None and meta["base_fingerprint"] != base_fingerprint:
+        raise AdapterError(f"{path}: adapter was trained for {meta.get('base_model')} "
+                           f"(fingerprint {meta['base_fingerprint'][:12]}), not this model "
+                           f"({base_fingerprint[:12]})")
+    cfg = CometConfig.from_dict(meta["config"])
+    model = CometModel.create(lm, cfg)
+    load_memory_tensors(model.mem, tensors, str(path))
+    return model, meta
+
+
+def load_memory_tensors(mem: CometMemory, tensors: dict[str, torch.Tensor], where: str) -> None:
+    own = mem.adapter_state()
+    missing, unexpected = set(own) - set(tensors), set(tensors) - set(own)
+    if missing or unexpected:
+        raise AdapterError(f"{where}: adapter does not match the model (missing {sorted(missing)[:3]}, "
+                           f"unexpected {sorted(unexpected)[:3]})")
+    for k, v in tensors.items():
+        if tuple(v.shape) != tuple(own[k].shape):
+            raise AdapterError(f"{where}: adapter tensor {k} has shape {tuple(v.shape)}, "
+                               f"the model needs {tuple(own[k].shape)}")
+    mem.load_state_dict({k: v for k, v in tensors.items()}, strict=False)

@@ -1,0 +1,45 @@
+"""LoRA on backbone linears, by swapping modules (the backbone's own weights stay frozen and untouched)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+class LoRALinear(nn.Module):
+    """y = base(x) + (alpha / r) * B(A(x)); A, B in fp32, B zero-initialised so training starts at the base."""
+
+    def __init__(self, base: nn.Module, in_features: int, out_features: int, rank: int, alpha: float,
+                 generator: torch.Generator | None = None):
+        super().__init__()
+        self.base = base
+        self.scale = alpha / rank
+        self.A = nn.Parameter(torch.empty(rank, in_features))
+        self.B = nn.Parameter(torch.zeros(out_features, rank))
+        nn.init.kaiming_uniform_(self.A, a=math.sqrt(5), generator=generator)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [..., in]
+        delta = (x.to(self.A.dtype) @ self.A.t()) @ self.B.t()
+        return self.base(x) + (self.scale * delta).to(x.dtype)
+
+
+def add_lora(layers: nn.ModuleList, targets: tuple[str, ...], rank: int, alpha: float,
+             generator: torch.Generator | None = None) -> nn.ModuleDict:
+    """Wrap `self_attn.<target>` of every layer in a LoRALinear. Returns the adapters as a ModuleDict
+    keyed "<layer>_<target>" (so they can be saved apart from the backbone)."""
+    adapters = nn.ModuleDict()
+    for i, layer in enumerate(layers):
+        for name in targets:
+            base = getattr(layer.self_attn, name)
+            if isinstance(base, LoRALinear):
+                raise ValueError(f"layer {i} {name} already has LoRA")
+            w = base.weight
+            # bitsandbytes 4-bit packs weights; read the logical shape from the module.
+            in_f = getattr(base, "in_features", None) or w.shape[1]
+            out_f = getattr(base, "out_features", None) or w.shape[0]
+            lora = LoRALinear(base, in_f, out_f, rank, alpha, generator).to(w.device)
+            setattr(layer.self_attn, name, lora)
+            adapters[f"{i}_{name}"] = lora
+    return adapters

@@ -1,0 +1,37 @@
+"""How a question is put to the model after a document has been read (used by the CLI and the trainer).
+
+The document is read as raw text. The live last chunk is the pending tail of the document, then the
+question in the model's chat template with the assistant turn opened. An empty question means "continue
+the document" (language modelling): the live chunk is the pending tail alone.
+"""
+
+from __future__ import annotations
+
+SUMMARY_PROMPT = "Summarize the text above in a few sentences."
+
+
+def question_ids(tokenizer, question: str) -> list[int]:
+    if not question:
+        return []
+    if getattr(tokenizer, "chat_template", None):
+        msgs = [{"role": "user", "content": question}]
+        ids = tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True)
+        if hasattr(ids, "keys"):  # BatchEncoding in some transformers versions
+            ids = ids["input_ids"]
+        return list(ids)
+    return tokenizer.encode("\n\nQuestion: " + question + "\nAnswer:", add_special_tokens=False)
+
+
+def stop_ids(tokenizer, lm_config) -> list[int]:
+    """Token ids that end an answer: the model's end-of-turn / end-of-text tokens."""
+    ids = set()
+    for src in (getattr(lm_config, "eos_token_id", None), tokenizer.eos_token_id):
+        if isinstance(src, int):
+            ids.add(src)
+        elif src:
+            ids.update(src)
+    for tok in ("<|im_end|>", "<|endoftext|>", "<|eot_id|>"):
+        tid = tokenizer.convert_tokens_to_ids(tok)
+        if isinstance(tid, int) and tid != tokenizer.unk_token_id and tid is not None:
+            ids.add(tid)
+    return sorted(ids)
