@@ -31,8 +31,12 @@ def sample(logits: torch.Tensor, temperature: float, top_p: float, gen: torch.Ge
 @torch.no_grad()
 def generate(model: CometModel, state: MemoryState, prompt_ids: Sequence[int], max_new_tokens: int = 256,
              temperature: float = 0.0, top_p: float = 1.0, stop_ids: Sequence[int] = (),
-             seed: int | None = None) -> Iterator[int]:
-    """Yield generated token ids one at a time (stop tokens are not yielded). `state` is not modified."""
+             seed: int | None = None, n_vocab: int | None = None) -> Iterator[int]:
+    """Yield generated token ids one at a time (stop tokens are not yielded). `state` is not modified.
+
+    n_vocab: ids >= n_vocab (embedding rows the tokenizer does not know, e.g. padding rows or a reference
+    checkpoint's memory tokens) are never sampled.
+    """
     if not prompt_ids:
         raise ValueError("nothing to answer from: the prompt is empty")
     n_live = model.live_layout(state, len(prompt_ids)).length
@@ -46,6 +50,8 @@ def generate(model: CometModel, state: MemoryState, prompt_ids: Sequence[int], m
     ids = torch.tensor([list(prompt_ids)], device=model.device)
     logits = model.logits(model.live(state, ids, cache=cache)[:, -1])[0]
     for i in range(max_new_tokens):
+        if n_vocab is not None and n_vocab < logits.shape[-1]:
+            logits[n_vocab:] = float("-inf")
         tok = sample(logits, temperature, top_p, gen)
         if tok in stop_ids:
             return
