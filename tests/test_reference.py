@@ -72,7 +72,8 @@ def test_import_reference_checkpoint(tmp_path, sharded):
     lm = AutoModelForCausalLM.from_pretrained(out, attn_implementation="sdpa", dtype=torch.float32)
     model, meta = load_adapter(adapter, lm)
     assert (model.cfg.chunk_size, model.cfg.stride, model.cfg.n_global, model.cfg.budget) == (16, 4, G, 12)
-    assert torch.equal(lm.model.layers[1].self_attn.q_proj.weight, sd["model.layers.1.inner_layer.self_attn.q_proj.weight"])
+    q = sd["model.layers.1.inner_layer.self_attn.q_proj.weight"]
+    assert torch.equal(lm.model.layers[1].self_attn.q_proj.weight, q)
     emb = sd["model.embed_tokens.weight"]
     assert torch.equal(model.mem.special[0], emb[ids[-1]])  # temp beacon
     assert torch.equal(model.mem.special[1:], emb[ids[1:1 + G]])  # global beacons in order
@@ -80,7 +81,8 @@ def test_import_reference_checkpoint(tmp_path, sharded):
     assert torch.equal(net.g_proj.weight, sd["model.layers.1.global_memory_net.g_proj.weight"])
     assert torch.equal(net.o_proj.up.weight, sd["model.layers.1.global_memory_net.o_proj.up_proj.weight"])
     assert torch.equal(model.mem.temp_nets[0].norm.weight, sd["model.layers.0.temp_memory_net.0.weight"])
-    assert torch.equal(model.mem.temp_nets[0].o_proj.down.weight, sd["model.layers.0.temp_memory_net.1.down_proj.weight"])
+    down = sd["model.layers.0.temp_memory_net.1.down_proj.weight"]
+    assert torch.equal(model.mem.temp_nets[0].o_proj.down.weight, down)
     # the imported tokenizer has no memory tokens: "<beacon>" is plain text again
     from transformers import AutoTokenizer
     tok = AutoTokenizer.from_pretrained(out)
