@@ -137,6 +137,8 @@ def test_passkey_needle_at_depth(tok, depth):
         # inserted at a sentence (or paragraph) boundary
         before = s.context[:pos].rstrip()
         assert before == "" or before[-1] in ".!?", before[-20:]
+        after = s.context[pos + len(needle):]
+        assert after == "" or after[0].isspace(), after[:20]
         assert "pass" in s.question.lower()
 
 

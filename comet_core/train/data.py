@@ -546,7 +546,7 @@ def _assemble(units: list[_Unit], ins: list[_Insert], ins_seps: list[str],
         nonlocal length
         if not pieces:
             sep = ""
-        elif intro and len(pieces) == 1 and sep.strip(" ") == "":
+        elif intro and len(pieces) == 1:
             sep = "\n\n"
         pieces.append(sep + text)
         start = length + len(sep)
@@ -562,8 +562,8 @@ def _assemble(units: list[_Unit], ins: list[_Insert], ins_seps: list[str],
         if i < n:
             u = units[i]
             sep = u.sep
-            if i > 0 and pi > 0 and placed[pi - 1][0] == i and ins[placed[pi - 1][1]].kind == "para":
-                sep = "\n\n"
+            if pi > 0 and placed[pi - 1][0] == i:  # right after an insert
+                sep = "\n\n" if ins[placed[pi - 1][1]].kind == "para" else (u.sep or " ")
             add(sep, u.text)
     meta = {
         "depths": depths,
