@@ -137,6 +137,11 @@ def test_load_errors(tmp_path: Path, tiny_llama: Path) -> None:
         f.unlink()
     with pytest.raises(ModelError, match="tokenizer"):
         load_model(str(no_tokenizer), precision="fp32")
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_llama, broken)
+    (broken / "model.safetensors").write_bytes(b"\0" * 100)
+    with pytest.raises(ModelError, match="cannot load the model"):
+        load_model(str(broken), precision="bf16")
 
 
 def test_unsupported_models_are_refused(tmp_path: Path) -> None:
