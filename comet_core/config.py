@@ -10,8 +10,8 @@ from dataclasses import asdict, dataclass
 class CometConfig:
     chunk_size: int = 512  # c: text tokens per context chunk
     stride: int = 8  # s: one temp beacon after every s text tokens
-    n_global: int = 64  # G: global memory slots (= global beacons per chunk)
-    budget: int = 256  # B_T: temp-memory FIFO capacity per layer
+    n_global: int = 16  # G: global memory slots (= global beacons per chunk)
+    budget: int = 64  # B_T: temp-memory FIFO capacity per layer
     rank: int = 8  # bottleneck rank of both memory nets
     lora_rank: int = 0  # 0 = no LoRA on the backbone
     lora_alpha: float = 16.0

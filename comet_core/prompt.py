@@ -35,3 +35,12 @@ def stop_ids(tokenizer, lm_config) -> list[int]:
         if isinstance(tid, int) and tid != tokenizer.unk_token_id and tid is not None:
             ids.add(tid)
     return sorted(ids)
+
+
+def end_of_turn_id(tokenizer) -> int:
+    """The token that ends an assistant turn (trained after every answer so answers stop)."""
+    for tok in ("<|im_end|>", "<|eot_id|>"):
+        tid = tokenizer.convert_tokens_to_ids(tok)
+        if isinstance(tid, int) and tid != tokenizer.unk_token_id:
+            return tid
+    return tokenizer.eos_token_id

@@ -1,0 +1,83 @@
+"""`comet train`: fine-tune CoMeT memory onto a base model, with a live progress bar and resume."""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import fields
+
+import click
+import torch
+
+from comet_core.train.trainer import TrainArgs
+
+_DEFAULTS = TrainArgs()
+
+
+@click.command("train")
+@click.option("--out", default=_DEFAULTS.out, show_default=True, help="Run folder: adapter, optimizer state, log.")
+@click.option("--model", default=None, help="Base model (default: SmolLM2-135M-Instruct; or a HF folder / GGUF).")
+@click.option("--precision", type=click.Choice(["4bit", "8bit", "bf16", "fp32"]), default=_DEFAULTS.precision,
+              show_default=True, help="Backbone precision while training (4bit = QLoRA style).")
+@click.option("--steps", type=int, default=_DEFAULTS.steps, show_default=True)
+@click.option("--accum", type=int, default=_DEFAULTS.accum, show_default=True, help="Samples per step.")
+@click.option("--lr", type=float, default=_DEFAULTS.lr, show_default=True, help="Memory nets + beacons.")
+@click.option("--lora-lr", type=float, default=_DEFAULTS.lora_lr, show_default=True)
+@click.option("--lora-rank", type=int, default=_DEFAULTS.lora_rank, show_default=True, help="0 = no LoRA.")
+@click.option("--chunk-size", type=int, default=_DEFAULTS.chunk_size, show_default=True)
+@click.option("--stride", type=int, default=_DEFAULTS.stride, show_default=True)
+@click.option("--n-global", type=int, default=_DEFAULTS.n_global, show_default=True)
+@click.option("--budget", type=int, default=_DEFAULTS.budget, show_default=True)
+@click.option("--min-chunks", type=int, default=_DEFAULTS.min_chunks, show_default=True)
+@click.option("--max-chunks", type=int, default=_DEFAULTS.max_chunks, show_default=True)
+@click.option("--tasks", default=_DEFAULTS.tasks, show_default=True, help="task:weight,... mix.")
+@click.option("--init-adapter", default=None, help="Start from this adapter (its settings win).")
+@click.option("--time-limit", "time_limit_min", type=float, default=None, help="Stop after this many minutes.")
+@click.option("--save-every", type=int, default=_DEFAULTS.save_every, show_default=True)
+@click.option("--seed", type=int, default=_DEFAULTS.seed, show_default=True)
+@click.option("--resume", is_flag=True, help="Continue the run in --out where it stopped.")
+@click.option("--quiet", is_flag=True)
+def train(quiet: bool, **kw) -> None:
+    """Teach the memory: train memory nets, beacon embeddings and LoRA on passkey, needle-QA,
+    multi-needle, variable-tracking and language-modelling samples built from real text in data/
+    (run `python scripts/fetch_data.py` once). Safe to stop at any time; continue with --resume.
+
+    \b
+    Example:
+      comet train --out runs/smollm2 --steps 300 --time-limit 60
+      comet train --out runs/smollm2 --resume
+    """
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from comet_core.train.data import DataMissingError
+    from comet_core.train.trainer import train as run_train
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    args = TrainArgs(**{f.name: kw[f.name] for f in fields(TrainArgs) if f.name in kw})
+    console = Console(stderr=True)
+    progress = Progress(TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                        TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                        console=console, disable=quiet or not console.is_terminal)
+    task = progress.add_task("train", total=args.steps, info="loading")
+
+    def on_step(r: dict) -> None:
+        info = (f"loss {r['loss']:.3f} exact {r['exact']:.2f} level {r['level']} ({r['level_acc']:.2f}) "
+                f"{r['tokens_per_s']:.0f} tok/s")
+        progress.update(task, completed=r["step"], info=info)
+        if not quiet and not console.is_terminal:
+            print(f"step {r['step']}/{args.steps} {info} {r['elapsed']:.0f}s", file=sys.stderr, flush=True)
+
+    try:
+        with progress:
+            last = run_train(args, on_step)
+    except DataMissingError as e:
+        raise click.ClickException(str(e)) from None
+    except KeyboardInterrupt:
+        click.echo(f"interrupted: continue with `comet train --out {args.out} --resume`", err=True)
+        sys.exit(130)
+    click.echo(f"saved {args.out}/adapter.safetensors after step {last.get('step')}", err=True)
+
+
+if __name__ == "__main__":
+    train()

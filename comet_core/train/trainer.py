@@ -1,0 +1,287 @@
+"""Teach the memory: train CoMeT memory nets, beacon embeddings and LoRA on a frozen backbone.
+
+One step = `accum` samples, each read with full backprop through the recurrence (gradient checkpointing
+per (chunk, layer) cell keeps activation memory at one layer input per cell). Loss: cross-entropy on
+the answer tokens (and the end-of-turn token after them, so answers learn to stop), averaged per token.
+
+Curriculum: samples have `level` context chunks (2 -> 4 -> 8 -> 16), promoted when the teacher-forced
+exact match (every answer token right) over the last `window` samples reaches `promote_at`; a share of
+samples is drawn from shorter levels so short inputs are never forgotten.
+
+Checkpoints (safetensors only, no pickle): out/adapter.safetensors, out/train_state.safetensors (AdamW
+moments + JSON metadata: step, level, rng, recent results), out/log.jsonl (one line per step).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from ..adapter import load_adapter, save_adapter
+from ..config import CometConfig
+from ..memory import MemoryState
+from ..model import CometModel
+from ..prompt import end_of_turn_id, question_ids
+from ..state_io import atomic_write
+from .data import TASKS, make_sample
+
+
+@dataclass
+class TrainArgs:
+    out: str = "runs/train"
+    model: str | None = None
+    precision: str = "bf16"
+    chunk_size: int = 512
+    stride: int = 8
+    n_global: int = 16
+    budget: int = 64
+    lora_rank: int = 8
+    init_adapter: str | None = None  # continue from an adapter (its settings win)
+    steps: int = 300
+    accum: int = 4  # samples per optimizer step
+    lr: float = 1e-3  # memory nets and beacon embeddings
+    lora_lr: float = 5e-4  # LoRA on the backbone
+    warmup: int = 10
+    clip: float = 1.0
+    min_chunks: int = 2
+    max_chunks: int = 16
+    promote_at: float = 0.8
+    window: int = 24
+    short_share: float = 0.3  # share of samples drawn from shorter levels
+    tasks: str = "passkey:0.45,needle_qa:0.2,multi_needle:0.15,vartrack:0.1,lm:0.1"
+    random_plan: float = 0.2  # share of samples with random chunk sizes instead of full chunks
+    seed: int = 0
+    save_every: int = 10
+    time_limit_min: float | None = None
+    grad_ckpt: bool = True
+    resume: bool = False
+
+    def config(self) -> CometConfig:
+        return CometConfig(chunk_size=self.chunk_size, stride=self.stride, n_global=self.n_global,
+                           budget=self.budget, lora_rank=self.lora_rank)
+
+    def task_weights(self) -> dict[str, float]:
+        w = {k: float(v) for k, v in (p.split(":") for p in self.tasks.split(","))}
+        bad = set(w) - set(TASKS)
+        if bad:
+            raise ValueError(f"unknown tasks {sorted(bad)}; choose from {TASKS}")
+        return w
+
+
+@dataclass
+class Encoded:
+    chunks: list[list[int]]  # context chunks read into memory
+    live: list[int]  # pending text + question + answer (+ end of turn)
+    n_target: int  # the last n_target tokens of `live` are predicted
+
+
+def encode(sample, tok, cfg: CometConfig, rng: random.Random, random_plan: float = 0.0) -> Encoded:
+    """Token ids of a sample in the layout the CLI uses: full chunks, remainder in the live chunk."""
+    c = cfg.chunk_size
+    ctx = tok.encode(sample.context, add_special_tokens=False)
+    if rng.random() < random_plan:  # random chunk sizes in [c/4, c]; the remainder goes live
+        sizes, left = [], len(ctx)
+        while left >= c // 4:
+            n = min(left, rng.randint(c // 4, c))
+            sizes.append(n)
+            left -= n
+    else:
+        sizes = [c] * (len(ctx) // c)
+    chunks, i = [], 0
+    for n in sizes:
+        chunks.append(ctx[i:i + n])
+        i += n
+    target = tok.encode(sample.answer, add_special_tokens=False)
+    if sample.question:
+        target.append(end_of_turn_id(tok))
+    q = question_ids(tok, sample.question)
+    if not q and i == len(ctx) and chunks:  # "continue the text" needs a token to predict from
+        i -= 1
+        chunks[-1] = chunks[-1][:-1]
+    live = ctx[i:] + q + target
+    return Encoded(chunks, live, len(target))
+
+
+def sample_loss(model: CometModel, enc: Encoded, grad_ckpt: bool = True) -> tuple[torch.Tensor, bool]:
+    """Summed answer-token cross-entropy and whether every answer token is the argmax (teacher forced)."""
+    dev = model.device
+    st = MemoryState.empty(model.n_layers)
+    if enc.chunks:
+        st, _ = model.read(st, [torch.tensor([c], device=dev) for c in enc.chunks], grad_ckpt=grad_ckpt)
+    hid = model.live(st, torch.tensor([enc.live], device=dev), grad_ckpt=grad_ckpt)  # [1, p, d]
+    p, n = len(enc.live), enc.n_target
+    logits = model.logits(hid[0, p - n - 1:p - 1])  # [n, V]
+    targets = torch.tensor(enc.live[p - n:], device=dev)
+    loss = F.cross_entropy(logits, targets, reduction="sum")
+    return loss, bool((logits.argmax(-1) == targets).all())
+
+
+@dataclass
+class Curriculum:
+    level: int
+    max_level: int
+    promote_at: float
+    window: int
+    recent: deque = field(default_factory=deque)
+
+    def record(self, level: int, exact: bool) -> bool:
+        """Record a result at `level`; returns True when the level was promoted."""
+        if level != self.level:
+            return False
+        self.recent.append(exact)
+        while len(self.recent) > self.window:
+            self.recent.popleft()
+        if (len(self.recent) == self.window and sum(self.recent) / self.window >= self.promote_at
+                and self.level < self.max_level):
+            self.level = min(self.level * 2, self.max_level)
+            self.recent.clear()
+            return True
+        return False
+
+    def accuracy(self) -> float:
+        return sum(self.recent) / len(self.recent) if self.recent else 0.0
+
+
+def lr_at(step: int, args: TrainArgs) -> float:
+    """Multiplier: linear warm-up, then cosine to 10%."""
+    if step < args.warmup:
+        return (step + 1) / args.warmup
+    t = (step - args.warmup) / max(1, args.steps - args.warmup)
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+def _optimizer(model: CometModel, args: TrainArgs) -> torch.optim.AdamW:
+    params = model.mem.trainable()
+    lora = [p for k, p in params.items() if k.startswith("lora.")]
+    rest = [p for k, p in params.items() if not k.startswith("lora.")]
+    for p in params.values():
+        p.requires_grad_(True)
+    groups = [{"params": rest, "lr": args.lr, "base_lr": args.lr}]
+    if lora:
+        groups.append({"params": lora, "lr": args.lora_lr, "base_lr": args.lora_lr})
+    return torch.optim.AdamW(groups, betas=(0.9, 0.999), weight_decay=0.0)
+
+
+def _save_train_state(path: Path, opt: torch.optim.AdamW, model: CometModel, meta: dict) -> None:
+    names = {id(p): k for k, p in model.mem.trainable().items()}
+    tensors = {}
+    for group in opt.param_groups:
+        for p in group["params"]:
+            s = opt.state.get(p)
+            if s:
+                k = names[id(p)]
+                tensors[f"{k}.exp_avg"] = s["exp_avg"].contiguous()
+                tensors[f"{k}.exp_avg_sq"] = s["exp_avg_sq"].contiguous()
+                meta.setdefault("adam_steps", {})[k] = float(s["step"])
+    atomic_write(path, st_save(tensors, metadata={"comet_train": json.dumps(meta)}))
+
+
+def _load_train_state(path: Path, opt: torch.optim.AdamW, model: CometModel) -> dict:
+    data = path.read_bytes()
+    n = int.from_bytes(data[:8], "little")
+    meta = json.loads(json.loads(data[8:8 + n])["__metadata__"]["comet_train"])
+    tensors = st_load(data)
+    for k, p in model.mem.trainable().items():
+        if f"{k}.exp_avg" in tensors:
+            opt.state[p] = {"step": torch.tensor(meta["adam_steps"][k]), "exp_avg": tensors[f"{k}.exp_avg"],
+                            "exp_avg_sq": tensors[f"{k}.exp_avg_sq"]}
+    return meta
+
+
+def build_model(args: TrainArgs):
+    """Load the backbone (frozen) and a fresh or given adapter."""
+    from ..loading import load_model, model_fingerprint
+
+    loaded = load_model(args.model, precision=args.precision, trainable=True)
+    out = Path(args.out)
+    if args.resume and (out / "adapter.safetensors").exists():
+        model, _ = load_adapter(out / "adapter.safetensors", loaded.model, model_fingerprint(loaded.model))
+    elif args.init_adapter:
+        model, _ = load_adapter(args.init_adapter, loaded.model, model_fingerprint(loaded.model))
+    else:
+        model = CometModel.create(loaded.model, args.config(), seed=args.seed)
+    return loaded, model, model_fingerprint(loaded.model)
+
+
+def train(args: TrainArgs, on_step: Callable[[dict], None] | None = None) -> dict:
+    """Run training; returns the last step's record. Safe to stop at any time: rerun with resume=True."""
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    loaded, model, base_fp = build_model(args)
+    tok, cfg = loaded.tokenizer, model.cfg
+    opt = _optimizer(model, args)
+    weights = args.task_weights()
+    cur = Curriculum(args.min_chunks, args.max_chunks, args.promote_at, args.window)
+    rng = random.Random(args.seed)
+    step, seen_tokens, elapsed0 = 0, 0, 0.0
+    if args.resume and (out / "train_state.safetensors").exists():
+        meta = _load_train_state(out / "train_state.safetensors", opt, model)
+        step, seen_tokens, elapsed0 = meta["step"], meta["seen_tokens"], meta.get("elapsed", 0.0)
+        cur.level, cur.recent = meta["level"], deque(meta["recent"])
+        rng.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in meta["rng"]))
+    t0, record = time.time(), {}
+    while step < args.steps:
+        if args.time_limit_min and time.time() - t0 > 60 * args.time_limit_min:
+            break
+        ts = time.time()
+        mult = lr_at(step, args)
+        for g in opt.param_groups:
+            g["lr"] = g["base_lr"] * mult
+        opt.zero_grad(set_to_none=True)
+        loss_sum, n_tok, exact_n, text_tok = 0.0, 0, 0, 0
+        for _ in range(args.accum):
+            level = cur.level
+            if level > args.min_chunks and rng.random() < args.short_share:
+                level = rng.choice([lv for lv in (2, 4, 8, 16, 32) if args.min_chunks <= lv < cur.level])
+            task = rng.choices(list(weights), list(weights.values()))[0]
+            n_ctx = rng.randint((level - 1) * cfg.chunk_size + cfg.chunk_size // 4, level * cfg.chunk_size)
+            sample = make_sample(task, tok, n_ctx, rng, "train")
+            enc = encode(sample, tok, cfg, rng, args.random_plan)
+            loss, exact = sample_loss(model, enc, args.grad_ckpt)
+            (loss / (enc.n_target * args.accum)).backward()
+            loss_sum += loss.item()
+            n_tok += enc.n_target
+            exact_n += exact
+            text_tok += sum(map(len, enc.chunks)) + len(enc.live)
+            cur.record(level, exact)
+        params = list(model.mem.trainable().values())
+        gnorm = float(torch.nn.utils.clip_grad_norm_(params, args.clip))
+        opt.step()
+        step += 1
+        seen_tokens += text_tok
+        dt = time.time() - ts
+        record = {"step": step, "loss": loss_sum / max(1, n_tok), "exact": exact_n / args.accum,
+                  "level": cur.level, "level_acc": cur.accuracy(), "grad_norm": gnorm, "lr_mult": mult,
+                  "tokens_per_s": text_tok / dt, "seen_tokens": seen_tokens, "step_s": dt,
+                  "elapsed": elapsed0 + time.time() - t0}
+        with open(out / "log.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if on_step:
+            on_step(record)
+        if step % args.save_every == 0 or step == args.steps:
+            save_checkpoint(out, model, opt, base_fp, loaded.name, args, step, seen_tokens, cur, rng,
+                            elapsed0 + time.time() - t0)
+    save_checkpoint(out, model, opt, base_fp, loaded.name, args, step, seen_tokens, cur, rng,
+                    elapsed0 + time.time() - t0)
+    return record
+
+
+def save_checkpoint(out: Path, model, opt, base_fp, base_name, args, step, seen_tokens, cur, rng,
+                    elapsed: float) -> None:
+    notes = {"trained_steps": step, "seen_tokens": seen_tokens, "level": cur.level,
+             "train_seconds": round(elapsed), "train_args": asdict(args)}
+    save_adapter(out / "adapter.safetensors", model, base_fp, base_name, notes=notes)
+    meta = {"step": step, "seen_tokens": seen_tokens, "level": cur.level, "recent": list(cur.recent),
+            "rng": rng.getstate(), "args": asdict(args), "elapsed": elapsed}
+    _save_train_state(out / "train_state.safetensors", opt, model, meta)
