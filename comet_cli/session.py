@@ -268,7 +268,7 @@ class ReadJob:
         inp = self.inputs[i]
         self.display.source(inp.arg, i + 1)
         src, start = inp.source, 0
-        entry = self.resume_entry if i == self.finished else None
+        entry, self.resume_entry = self.resume_entry, None  # only the first input of a resumed job
         if entry is not None:
             src, start = self._reopen(inp, entry), entry["offset"]
             self.display.note(f"resuming {inp.arg} at {self.stopped_at().split(' at ', 1)[1]}")
