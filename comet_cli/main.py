@@ -45,8 +45,44 @@ class CometError(click.ClickException):
         _err(f"error: {self.message}")
 
 
+# Commands defined elsewhere, imported only when used (they pull in torch): name -> (module, attribute, help).
+LAZY_COMMANDS = {
+    "train": ("comet_cli.train_cmd", "train", "Fine-tune CoMeT memory onto a base model (adapter training)."),
+    "eval": ("comet_cli.eval_cmd", "eval_group", "Measure CoMeT against full attention and an untrained adapter."),
+}
+
+
 class CometGroup(click.Group):
-    """Turns every failure into a one-line message and a meaningful exit code (never a traceback)."""
+    """Turns every failure into a one-line message and a meaningful exit code (never a traceback).
+
+    Also loads the heavier commands (train, eval) only when they are invoked."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | {n for n in LAZY_COMMANDS if self._lazy_available(n)})
+
+    def get_command(self, ctx: click.Context, name: str):
+        if name in LAZY_COMMANDS and name not in self.commands and self._lazy_available(name):
+            import importlib
+
+            module, attr, _ = LAZY_COMMANDS[name]
+            self.add_command(getattr(importlib.import_module(module), attr), name)
+        return super().get_command(ctx, name)
+
+    @staticmethod
+    def _lazy_available(name: str) -> bool:
+        import importlib.util
+
+        return importlib.util.find_spec(LAZY_COMMANDS[name][0]) is not None
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = []
+        for name in self.list_commands(ctx):
+            if name in self.commands:
+                rows.append((name, self.commands[name].get_short_help_str(formatter.width - 20)))
+            else:
+                rows.append((name, LAZY_COMMANDS[name][2]))
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
 
     def invoke(self, ctx: click.Context):
         from comet_core.sources import SourceError
@@ -194,7 +230,7 @@ class Opts:
 
 # --- commands ---------------------------------------------------------------------------------------
 
-@cli.command()
+@cli.command(short_help="Read inputs, then write a summary to stdout.")
 @click.argument("paths", nargs=-1, metavar="[PATH|-]...")
 @model_options
 @reading_options
@@ -213,7 +249,7 @@ def summarize(paths: tuple[str, ...], **kw) -> None:
     run("summarize", list(paths), SUMMARY_PROMPT, Opts(**kw))
 
 
-@cli.command()
+@cli.command(short_help="Read inputs, then answer a question about them.")
 @click.argument("paths", nargs=-1, metavar="[PATH|-]...")
 @click.argument("question")
 @model_options
@@ -233,7 +269,7 @@ def ask(paths: tuple[str, ...], question: str, **kw) -> None:
     run("ask", list(paths), question, Opts(**kw))
 
 
-@cli.command()
+@cli.command(short_help="Read inputs into memory and save it (--save STATE).")
 @click.argument("paths", nargs=-1, required=True, metavar="PATH|-...")
 @model_options
 @reading_options
@@ -251,7 +287,7 @@ def read(paths: tuple[str, ...], **kw) -> None:
     run("read", list(paths), None, Opts(**kw))
 
 
-@cli.command()
+@cli.command(short_help="Show what a saved memory holds.")
 @click.argument("state", type=click.Path())
 @output_options
 def info(state: str, as_json: bool, quiet: bool, verbose: bool) -> None:
