@@ -103,8 +103,10 @@ class Stats:
         """Tokens/s over the last few chunks, decaying while the current chunk is running."""
         if len(self._window) < 2 or self.read_t1 is not None:
             return self.rate_avg
-        t_old, n_old = self._window[0]
-        dt = time.monotonic() - t_old
+        now = time.monotonic()
+        # the base: the newest update at least 10 s old (or the oldest kept), so "now" spans 10 s or more
+        t_old, n_old = next(((t, n) for t, n in reversed(self._window) if now - t >= 10.0), self._window[0])
+        dt = now - t_old
         return (self.tokens - n_old) / dt if dt > 0 else 0.0
 
     @property

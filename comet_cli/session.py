@@ -278,7 +278,7 @@ class ReadJob:
             self.sources.append(entry)
             if any(s.get("path") == inp.key and s.get("done") and s.get("sha256") for s in self.sources[:-1]) \
                     and inp.key != "-":
-                self.display.warn(f"{inp.arg} was already read into this memory; reading it again")
+                self.display.warn(f"{inp.arg} was already read into this memory; reading it again (appended)")
         st = self.reader.state
         sep = SEPARATOR if start == 0 and (st.tokens or st.pending_ids or st.pending_text) else ""
         try:
