@@ -13,6 +13,7 @@ class CometConfig:
     n_global: int = 16  # G: global memory slots (= global beacons per chunk)
     budget: int = 64  # B_T: temp-memory FIFO capacity per layer
     rank: int = 8  # bottleneck rank of both memory nets
+    sink: bool = True  # a real token (the model's BOS/EOS) at position 0 of every chunk, before the memory
     lora_rank: int = 0  # 0 = no LoRA on the backbone
     lora_alpha: float = 16.0
     lora_targets: tuple[str, ...] = ("q_proj", "v_proj")
@@ -26,8 +27,8 @@ class CometConfig:
         return math.ceil(n_text / self.stride)
 
     def max_chunk_len(self) -> int:
-        """Positions of a full context chunk with a full queue: c + ceil(c/s) + 2G + B_T."""
-        return self.chunk_size + self.beacons(self.chunk_size) + 2 * self.n_global + self.budget
+        """Positions of a full context chunk with a full queue: [sink] + c + ceil(c/s) + 2G + B_T."""
+        return int(self.sink) + self.chunk_size + self.beacons(self.chunk_size) + 2 * self.n_global + self.budget
 
     def to_dict(self) -> dict:
         d = asdict(self)

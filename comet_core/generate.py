@@ -39,7 +39,7 @@ def generate(model: CometModel, state: MemoryState, prompt_ids: Sequence[int], m
     """
     if not prompt_ids:
         raise ValueError("nothing to answer from: the prompt is empty")
-    n_live = model.live_layout(state, len(prompt_ids)).length
+    n_live = model.live_layout(state, len(prompt_ids)).length + int(model.cfg.sink)
     budget = n_live + (max_new_tokens + 1) * (1 + 1 / model.cfg.stride) + 1
     if budget > model.max_positions:
         raise ValueError(f"prompt too long: the live chunk would need {int(budget)} positions, the model has "

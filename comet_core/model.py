@@ -8,6 +8,12 @@ layers, final norm and head. One (chunk, layer) cell is four steps:
     state_l = GlobalNet_l(y[global beacons], state_l)           extract + gated update
     queue_l = FIFO(queue_l + TempNet_l(y[temp beacons]))         extract + push
 
+Attention sink (cfg.sink, our addition to the paper's layout): position 0 of every chunk holds one real
+token, the model's BOS (or EOS), ahead of the memory slots. Pretrained models park attention on their
+first token; without a real token there, the first memory slot takes that role and untrained memory
+disturbs every text token. The sink attends only to itself, so its hidden state at each layer is the
+same in every chunk: it is computed once per call (`sink_states`) and put in front at each layer.
+
 `read()` sweeps a block of chunks layer-major (for each layer, every chunk of the block); a block of one
 chunk is the ordinary chunk-major order. Both give identical results because cell (i, l) depends only on
 (i, l-1) and (i-1, l).
@@ -57,6 +63,8 @@ class CometModel:
         mem.to(self.device)
         mem.attach_lora(self.layers)
         self._rope: tuple[torch.Tensor, torch.Tensor] | None = None
+        cfg = lm.config
+        self.sink_id = next((t for t in (cfg.bos_token_id, cfg.eos_token_id, 0) if isinstance(t, int)), 0)
         if self.cfg.max_chunk_len() > self.max_positions:
             raise ValueError(f"chunk length {self.cfg.max_chunk_len()} exceeds the model's "
                              f"{self.max_positions} positions")
@@ -95,20 +103,32 @@ class CometModel:
             parts.append(tq)
         return torch.cat(parts, dim=1) if parts else None
 
-    def run_layer(self, l: int, body: torch.Tensor, mem: torch.Tensor | None, cache=None,
-                  start: int = 0) -> torch.Tensor:
-        """Stock decoder layer l over [mem; body] at positions start..start+S-1; returns the body part."""
-        x = body if mem is None else torch.cat([mem, body], dim=1)
+    def sink_states(self, batch: int = 1) -> list[torch.Tensor | None]:
+        """Per-layer input hidden states of the sink token, [B, 1, d] each (None entries without a sink)."""
+        if not self.cfg.sink:
+            return [None] * self.n_layers
+        h = self.embed(torch.tensor([[self.sink_id]], device=self.device))
+        out = []
+        for l in range(self.n_layers):
+            out.append(h.expand(batch, -1, -1))
+            h = self.run_layer(l, h, None, None)
+        return out
+
+    def run_layer(self, l: int, body: torch.Tensor, mem: torch.Tensor | None, sink: torch.Tensor | None,
+                  cache=None, start: int = 0) -> torch.Tensor:
+        """Stock decoder layer l over [sink; mem; body] at positions start..start+S-1; returns the body part."""
+        prefix = [t for t in (sink, mem) if t is not None]
+        x = torch.cat([*prefix, body], dim=1) if prefix else body
         cos, sin = self.rope(start + x.shape[1])
         out = self.layers[l](x, attention_mask=None, cache=cache, use_cache=cache is not None,
                              position_embeddings=(cos[:, start:], sin[:, start:]))
         y = out[0] if isinstance(out, tuple) else out
-        return y if mem is None else y[:, mem.shape[1]:]
+        return y[:, x.shape[1] - body.shape[1]:] if prefix else y
 
     def cell(self, l: int, lay: ChunkLayout, body: torch.Tensor, gs: torch.Tensor | None,
-             tq: torch.Tensor | None):
+             tq: torch.Tensor | None, sink: torch.Tensor | None):
         """One (chunk, layer) step: inject memory, run the layer, extract beacons, update the memory."""
-        y = self.run_layer(l, body, self.memory_at(l, gs, tq))
+        y = self.run_layer(l, body, self.memory_at(l, gs, tq), sink)
         if len(lay.gbeacon_idx):
             gs = self.mem.global_nets[l](y[:, lay.gbeacon_idx.to(y.device)], gs)
         if len(lay.tbeacon_idx) and self.cfg.budget:
@@ -131,13 +151,15 @@ class CometModel:
         lays = self.layouts(state, [c.shape[1] for c in chunks])
         bodies = [self.embed_body(ids.to(self.device), lay) for ids, lay in zip(chunks, lays, strict=True)]
         gss, tqs = list(state.global_state), list(state.temp)
+        sinks = self.sink_states(bodies[0].shape[0])
         for l in range(self.n_layers):
             gs, tq = gss[l], tqs[l]
             for i, lay in enumerate(lays):
                 if grad_ckpt:
-                    bodies[i], gs, tq = checkpoint(self.cell, l, lay, bodies[i], gs, tq, use_reentrant=False)
+                    bodies[i], gs, tq = checkpoint(self.cell, l, lay, bodies[i], gs, tq, sinks[l],
+                                                   use_reentrant=False)
                 else:
-                    bodies[i], gs, tq = self.cell(l, lay, bodies[i], gs, tq)
+                    bodies[i], gs, tq = self.cell(l, lay, bodies[i], gs, tq, sinks[l])
             gss[l], tqs[l] = gs, tq
         hidden = [b[:, lay.text_idx.to(b.device)] for b, lay in zip(bodies, lays, strict=True)] \
             if return_hidden else []
@@ -161,12 +183,13 @@ class CometModel:
         """
         lay = self.live_layout(state, ids.shape[1])
         body = self.embed_body(ids.to(self.device), lay)
+        sinks = self.sink_states(body.shape[0])
         for l in range(self.n_layers):
             mem = self.memory_at(l, state.global_state[l], state.temp[l])
             if grad_ckpt:
-                body = checkpoint(self.run_layer, l, body, mem, cache, use_reentrant=False)
+                body = checkpoint(self.run_layer, l, body, mem, sinks[l], cache, use_reentrant=False)
             else:
-                body = self.run_layer(l, body, mem, cache)
+                body = self.run_layer(l, body, mem, sinks[l], cache)
         return body[:, lay.text_idx.to(body.device)]
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -183,7 +206,7 @@ class CometModel:
         else:
             x = self.embed(torch.tensor([[token]], device=self.device))
         for l in range(self.n_layers):
-            x = self.run_layer(l, x, None, cache, start=start)
+            x = self.run_layer(l, x, None, None, cache, start=start)
         return self.logits(x[:, -1])[0]
 
     # ---- identity ------------------------------------------------------------------------------------

@@ -80,7 +80,7 @@ def import_reference(ckpt: str | Path, out: str | Path) -> tuple[Path, Path]:
     if stride == -1 or not g_ids:
         raise ReferenceError(f"{ckpt}: checkpoints without temp or global memory are not supported")
     cfg = CometConfig(chunk_size=raw["chunk_size"], stride=stride, n_global=len(g_ids),
-                      budget=raw.get("temp_mem_budget", 128))
+                      budget=raw.get("temp_mem_budget", 128), sink=False)  # the reference has no sink
 
     weights = _load_weights(ckpt)
     base, mem = {}, {}

@@ -50,7 +50,7 @@ def test_live_layout_beacons_after_full_segments_only():
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_memory_off_matches_base_model(family):
-    m = make(family, CometConfig(chunk_size=24, stride=1000, n_global=4, budget=10))
+    m = make(family, CometConfig(chunk_size=24, stride=1000, n_global=4, budget=10, sink=False))
     ids = chunks_of(1, 30)[0]
     with torch.no_grad():
         ours = m.logits(m.live(MemoryState.empty(m.n_layers), ids))
@@ -58,8 +58,19 @@ def test_memory_off_matches_base_model(family):
     torch.testing.assert_close(ours, base, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_sink_is_a_real_first_token(family):
+    m = make(family, CometConfig(chunk_size=24, stride=1000, n_global=4, budget=10, sink=True))
+    ids = chunks_of(1, 30)[0]
+    with torch.no_grad():
+        ours = m.logits(m.live(MemoryState.empty(m.n_layers), ids))
+        base = m.lm(torch.cat([torch.tensor([[m.sink_id]]), ids], dim=1)).logits.float()[:, 1:]
+    torch.testing.assert_close(ours, base, atol=1e-5, rtol=1e-5)
+
+
 def test_memory_off_matches_base_model_bf16():
-    m = make("llama", CometConfig(chunk_size=24, stride=1000, n_global=4, budget=10), dtype=torch.bfloat16)
+    cfg = CometConfig(chunk_size=24, stride=1000, n_global=4, budget=10, sink=False)
+    m = make("llama", cfg, dtype=torch.bfloat16)
     ids = chunks_of(1, 30)[0]
     with torch.no_grad():
         ours = m.logits(m.live(MemoryState.empty(m.n_layers), ids))
