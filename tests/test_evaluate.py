@@ -1,0 +1,211 @@
+"""comet eval: answering and scoring paths on a tiny model and synthetic data, and the CLI end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from click.testing import CliRunner
+from test_data import _make_data
+from tiny import save_tiny, tiny_lm, tiny_tokenizer
+
+from comet_cli.eval_cmd import eval_group
+from comet_core import evaluate as ev
+from comet_core.adapter import save_adapter
+from comet_core.config import CometConfig
+from comet_core.loading import load_model, model_fingerprint
+from comet_core.model import CometModel
+from comet_core.prompt import question_ids
+from comet_core.train.data import squad_f1
+
+CFG = CometConfig(chunk_size=64, stride=8, n_global=4, budget=16, lora_rank=2)
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval")
+    _make_data(root / "data")
+    save_tiny(root / "model")
+    lm = load_model(str(root / "model"), "fp32").model
+    model = CometModel.create(lm, CFG, seed=1)
+    with torch.no_grad():  # a "trained" adapter that differs from the untrained one
+        for k, p in model.mem.trainable().items():
+            if k.endswith(".B"):
+                p.normal_(0, 0.02)
+    save_adapter(root / "adapter.safetensors", model, model_fingerprint(lm), "tiny")
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _data(env, monkeypatch):
+    monkeypatch.setenv("COMET_DATA", str(env / "data"))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the CLI leaves torch's threads alone then
+
+
+def test_parse_arguments():
+    assert ev.parse_lengths("4k,16k,64k,1M") == [4096, 16384, 65536, 1 << 20]
+    assert ev.parse_lengths("300, 0.5k,300") == [300, 512]
+    assert ev.parse_depths("0,0.5,1") == [0.0, 0.5, 1.0]
+    assert ev.parse_choices("full,comet", ev.SYSTEMS, "system") == ["full", "comet"]
+    for bad in ("4x", "", "-1k"):
+        with pytest.raises(ValueError):
+            ev.parse_lengths(bad)
+    with pytest.raises(ValueError):
+        ev.parse_depths("1.5")
+    with pytest.raises(ValueError):
+        ev.parse_choices("comet,rag", ev.SYSTEMS, "system")
+    assert [ev.fmt_length(n) for n in (4096, 1 << 20, 300)] == ["4k", "1M", "300"]
+
+
+def test_full_attention_prefill_and_greedy_decoding(monkeypatch):
+    lm, tok = tiny_lm(), tiny_tokenizer()
+    ids = list(range(3, 40))
+    with torch.no_grad():
+        ref = lm(input_ids=torch.tensor([ids])).logits[0, -5:].float()
+        monkeypatch.setattr(ev, "PREFILL", 7)  # chunked prefill through the KV cache = one forward
+        logits, cache = ev.prefill(lm, ids, keep=5)
+    torch.testing.assert_close(logits, ref, atol=1e-4, rtol=1e-4)
+    assert cache.get_seq_length() == len(ids)
+
+    context, question = "Call me Ishmael. " * 20, "What is the pass key?"
+    window, n_new = 48, 4
+    got = ev.answer_full_attention(lm, tok, context, question, window, n_new)
+    # reference: the same left-truncated ids, greedy without a cache
+    seq = (tok.encode(context, add_special_tokens=False) + question_ids(tok, question))[-(window - n_new):]
+    out = []
+    with torch.no_grad():
+        for _ in range(n_new):
+            t = int(lm(input_ids=torch.tensor([seq + out])).logits[0, -1, :len(tok)].argmax())
+            if t == tok.convert_tokens_to_ids("<|im_end|>"):
+                break
+            out.append(t)
+    assert got == tok.decode(out, skip_special_tokens=True)
+
+
+def test_answers_on_the_same_samples_and_truncation():
+    tok = tiny_tokenizer()
+    cells = ev.make_cells("passkey", tok, [200, 400], [0.0, 1.0], 2, seed=3)
+    again = ev.make_cells("passkey", tok, [400], [1.0], 2, seed=3)  # a cell does not depend on the others
+    assert [s.context for s in again[(400, 1.0)]] == [s.context for s in cells[(400, 1.0)]]
+    assert cells[(400, 1.0)][0].context != cells[(400, 1.0)][1].context
+    full = ev.System("full", tiny_lm(), tok, "fp32")
+    full.lm.config.max_position_embeddings = 300  # a small window: the 400-token inputs are truncated
+    rows = ev.run_answers(full, "passkey", cells, max_new_tokens=3)
+    assert [(r["length"], r["truncated"]) for r in rows[::2]] == [(200, False), (200, False), (400, True), (400, True)]
+    assert all(r["acc"] in (0.0, 1.0) and r["answers"] == [r["answers"][0]] for r in rows)
+
+
+def test_lm_perplexity_variants():
+    tok = tiny_tokenizer()
+    comet = ev.System("comet", tiny_lm(), tok, "fp32", None)
+    comet.model = CometModel.create(comet.lm, CFG)
+    full = ev.System("full", tiny_lm(), tok, "fp32")
+    cells = ev.make_cells("lm", tok, [200], None, 2, seed=0, chunk_size=CFG.chunk_size)
+    assert list(cells) == [(200, None)] and len(cells[(200, None)]) == 2
+    rows = ev.run_lm(comet, cells, CFG.chunk_size) + ev.run_lm(full, cells, CFG.chunk_size)
+    assert sorted({r["system"] for r in rows}) == ["comet", "comet-nomem", "full"]
+    for r in rows:
+        assert r["k"] == 3 and r["scored"] == CFG.chunk_size - 1 and math.isfinite(r["ppl"]) and r["ppl"] > 1
+    assert not any(r.get("truncated") for r in rows)
+    summary = ev.summarize(rows)
+    assert {(s["system"], s["n"]) for s in summary} == {("comet", 2), ("comet-nomem", 2), ("full", 2)}
+
+    # full attention scores exactly the tokens of chunk k+1 (all but its first) given everything before
+    ids = ev.lm_ids(tok, cells[(200, None)][0])
+    c, k = CFG.chunk_size, 3
+    with torch.no_grad():
+        logits = full.lm(input_ids=torch.tensor([ids[:(k + 1) * c - 1]])).logits[0].float()
+    ref = F.cross_entropy(logits[k * c:], torch.tensor(ids[k * c + 1:(k + 1) * c]), reduction="sum")
+    nll, n = ev.nll_full_attention(full.lm, ids, k * c + 1, (k + 1) * c, window=2048)
+    assert n == c - 1 and nll == pytest.approx(float(ref), rel=1e-4)
+    nll_t, _ = ev.nll_full_attention(full.lm, ids, k * c + 1, (k + 1) * c, window=c + 8)  # truncated: no crash
+    assert math.isfinite(nll_t) and nll_t != pytest.approx(nll)
+    # with no chunk before it, memory changes nothing
+    assert ev.nll_with_memory(comet.model, ids, 0) == ev.nll_with_memory(comet.model, ids, 0, memory=False)
+
+
+def test_summary_targets_and_heatmap(tmp_path):
+    rows = []
+    for system, hit in (("comet", 1.0), ("full", 0.0)):
+        for n in (4096, 16384):
+            for d in (0.0, 1.0):
+                acc = 1.0 if (system == "comet" or d == 1.0) else hit
+                rows.append({"task": "passkey", "precision": "4bit", "system": system, "length": n, "depth": d,
+                             "sample": 0, "acc": acc})
+    summary = ev.summarize(rows)
+    assert len(summary) == 2 * 2 * (2 + 1)  # systems x lengths x (depths + "all")
+    full_all = next(s for s in summary if (s["system"], s["length"], s["depth"]) == ("full", 4096, "all"))
+    assert full_all["acc"] == 0.5 and full_all["n"] == 2
+    targets = ev.check_targets(summary)
+    assert [(t["length"], t["pass"]) for t in targets] == [(4096, True), (16384, True)]
+    png = tmp_path / "h.png"
+    ev.heatmap(summary, png)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    qa = [{"task": "needle_qa", "precision": "bf16", "system": s, "length": 4096, "depth": 0.5, "sample": i,
+           "em": em, "f1": f1, **({"truncated": False} if s == "full" else {})}
+          for s, scores in (("comet", [(1.0, 1.0), (0.0, 0.5)]), ("full", [(1.0, 1.0), (1.0, 1.0)]))
+          for i, (em, f1) in enumerate(scores)]
+    summary = ev.summarize(qa)
+    comet = next(s for s in summary if s["system"] == "comet" and s["depth"] == "all")
+    assert (comet["em"], comet["f1"]) == (0.5, 0.75)
+    (t,) = ev.check_targets(summary)
+    assert t["gap"] == pytest.approx(-0.25) and not t["pass"]
+
+
+def run_cli(args: list[str]):
+    result = CliRunner().invoke(eval_group, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def test_cli_passkey_json_and_heatmap(env, tmp_path):
+    png = tmp_path / "passkey.png"
+    result = run_cli(["passkey", "--model", str(env / "model"), "--adapter", str(env / "adapter.safetensors"),
+                      "--precision", "fp32", "--lengths", "200,400", "--depths", "0,1", "--systems", "comet,full",
+                      "--max-new-tokens", "3", "--json", "--out", str(png)])
+    out = json.loads(result.stdout)
+    assert out["task"] == "passkey" and out["split"] == "eval" and out["window"] == 2048
+    assert len(out["rows"]) == 2 * 2 * 2
+    assert {(r["system"], r["length"], r["depth"]) for r in out["summary"]} == {
+        (s, n, d) for s in ("comet", "full") for n in (200, 400) for d in (0.0, 1.0, "all")}
+    assert all(0 <= r["acc"] <= 1 for r in out["summary"])
+    # both systems answered the same samples
+    by = {(r["system"], r["length"], r["depth"]): r["answers"] for r in out["rows"]}
+    assert all(by[("comet", n, d)] == by[("full", n, d)] for n in (200, 400) for d in (0.0, 1.0))
+    assert [t["length"] for t in out["targets"]] == [200, 400]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "estimated" in result.stderr
+
+
+def test_cli_needle_qa_and_lm(env):
+    common = ["--model", str(env / "model"), "--adapter", str(env / "adapter.safetensors"), "--precision", "fp32"]
+    out = json.loads(run_cli(["needle-qa", *common, "--lengths", "400", "--depths", "0.5", "--samples", "2",
+                              "--max-new-tokens", "3", "--json", "-q"]).stdout)
+    assert {r["system"] for r in out["rows"]} == {"comet", "untrained", "full"}
+    for s in out["summary"]:
+        rs = [r for r in out["rows"] if r["system"] == s["system"]]
+        assert s["f1"] == pytest.approx(sum(squad_f1(r["prediction"], r["answers"]) for r in rs) / len(rs))
+    assert len(out["targets"]) == 1 and out["targets"][0]["rule"] == "F1 >= full - 5"
+
+    result = run_cli(["lm", *common, "--lengths", "200", "--samples", "1", "-q"])  # tables, not JSON
+    text = result.stdout
+    assert "perplexity" in text and all(s in text for s in ("comet", "comet-nomem", "untrained", "full"))
+
+    result = run_cli(["passkey", *common, "--lengths", "200", "--depths", "0.5", "--systems", "comet",
+                      "--max-new-tokens", "2", "-q"])
+    assert "passkey accuracy" in result.stdout and "target passkey fp32 200" in result.stdout
+
+
+def test_cli_usage_errors(env):
+    runner = CliRunner()
+    r = runner.invoke(eval_group, ["passkey", "--model", str(env / "model")])
+    assert r.exit_code == 2 and "--adapter" in r.output
+    r = runner.invoke(eval_group, ["passkey", "--model", str(env / "model"), "--adapter",
+                                   str(env / "adapter.safetensors"), "--lengths", "4q"])
+    assert r.exit_code == 2 and "bad length" in r.output
+    r = runner.invoke(eval_group, ["lm", "--adapter", str(env / "adapter.safetensors"), "--precision", "2bit"])
+    assert r.exit_code == 2 and "precision" in r.output
