@@ -40,6 +40,7 @@ class CometConfig:
         d = dict(d)
         if "lora_targets" in d:
             d["lora_targets"] = tuple(d["lora_targets"])
+        d.setdefault("sink", False)  # adapters written before the sink existed were trained without one
         known = set(cls.__dataclass_fields__)
         unknown = set(d) - known
         if unknown:
