@@ -36,6 +36,9 @@ _DEFAULTS = TrainArgs()
 @click.option("--save-every", type=int, default=_DEFAULTS.save_every, show_default=True)
 @click.option("--seed", type=int, default=_DEFAULTS.seed, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue the run in --out where it stopped.")
+@click.option("--pipeline", type=int, default=1, show_default=True,
+              help="Split each sample's chunks over this many processes (layer-level pipeline); launch with "
+                   "torchrun --nproc-per-node N: N / pipeline data-parallel replicas.")
 @click.option("--quiet", is_flag=True)
 def train(quiet: bool, **kw) -> None:
     """Teach the memory: train memory nets, beacon embeddings and LoRA on passkey, needle-QA,
@@ -46,14 +49,25 @@ def train(quiet: bool, **kw) -> None:
     Example:
       comet train --out runs/smollm2 --steps 300 --time-limit 60
       comet train --out runs/smollm2 --resume
+      torchrun --nproc-per-node 4 $(which comet) train --pipeline 2 --out runs/pp   # 2 pipelines x 2 ranks
     """
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from comet_core.train.data import DataMissingError
+    from comet_core.train.pipeline import PipelineError
     from comet_core.train.trainer import train as run_train
 
-    torch.set_num_threads(os.cpu_count() or 1)
+    pipeline = kw.pop("pipeline")
+    local_procs = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_procs))
+    if pipeline > 1 or int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under torchrun
+        from functools import partial
+
+        from comet_core.train.pipeline import train_pipeline
+
+        run_train = partial(train_pipeline, pp=pipeline)
+        quiet = quiet or os.environ.get("RANK", "0") != "0"
     args = TrainArgs(**{f.name: kw[f.name] for f in fields(TrainArgs) if f.name in kw})
     console = Console(stderr=True)
     progress = Progress(TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
@@ -73,10 +87,15 @@ def train(quiet: bool, **kw) -> None:
             last = run_train(args, on_step)
     except DataMissingError as e:
         raise click.ClickException(str(e)) from None
+    except PipelineError as e:  # a peer died or timed out: exit now, without waiting on it at shutdown
+        click.echo(f"error: {e}", err=True)
+        sys.stderr.flush()
+        os._exit(1)
     except KeyboardInterrupt:
         click.echo(f"interrupted: continue with `comet train --out {args.out} --resume`", err=True)
         sys.exit(130)
-    click.echo(f"saved {args.out}/adapter.safetensors after step {last.get('step')}", err=True)
+    if os.environ.get("RANK", "0") == "0":
+        click.echo(f"saved {args.out}/adapter.safetensors after step {last.get('step')}", err=True)
 
 
 if __name__ == "__main__":

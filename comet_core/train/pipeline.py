@@ -1,0 +1,547 @@
+"""Layer-level pipeline parallel training (spec section 5) across processes, composed with data parallelism.
+
+A sample is a row of *units*: its context chunks, then the live chunk (pending text + question + answer)
+that carries the loss. Pipeline rank p owns a contiguous block of units, holds all layers, and passes
+only the compact per-layer memory to the next rank. Cell (i, l) needs only (i, l-1) and (i-1, l), so
+rank p runs layer l as soon as rank p-1 has sent the layer-l memory after its block: the grid is swept
+as a wavefront (rank p runs layer l at step p + l), L + P - 1 steps instead of L * P, and gradients
+flow back the same way. Ideal utilisation is L / (L + P - 1).
+
+* Messages: ONE packed tensor per layer and direction, [1, G + T, d] = [global state ; temp queue],
+  tag = layer. Every rank plans the whole sample, so a receiver knows G and T from the layout of its
+  first unit. Global memory is recomputed from the state, so it never travels.
+* Backward: `_Send` returns a 0-dim token, and a rank runs backward on its loss (the last rank) and
+  on its send tokens. This is the multi-root form of the spec's "grad connector": every send node is
+  a root, so its backward (which receives the memory gradient from the next rank) always runs, without
+  adding 0 x sum(memory) into the activations. The autograd engine runs ready nodes newest first, so a
+  rank receives and sends the layer gradients in the order L-1 .. 0 on both sides of every link.
+* Gradient checkpointing wraps only the (chunk, layer) cells, never a p2p op.
+* Load balance: later chunks carry more temp slots, so blocks are chosen by cost (linear + attention
+  FLOPs of each unit's layout), minimising the largest block; a sample with fewer units than ranks
+  leaves the middle ranks idle.
+* Mesh: world = pp x dp, rank = d * pp + p. Every pipeline rank computes partial gradients of the shared
+  adapter, so one all-reduce (SUM) over the world divided by dp gives the single-process gradient of the
+  loss averaged over the replicas' samples.
+* Failure: the process group has a timeout, so a rank that dies or stalls makes the others raise
+  `PipelineError` (gloo: a closed connection at once, a silent peer after the timeout).
+
+Launch: `torchrun --nproc-per-node P comet train --pipeline P ...` (gloo on CPU, nccl on CUDA).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing as mp
+import os
+import random
+import socket
+import sys
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from ..config import CometConfig
+from ..layout import ChunkLayout, build_layout, plan_layouts
+from ..model import CometModel
+from .trainer import Curriculum, Encoded, TrainArgs, _load_train_state, _optimizer, encode, lr_at, save_checkpoint
+
+
+class PipelineError(RuntimeError):
+    """A pipeline or data-parallel peer failed or timed out; one line for the user."""
+
+
+# ---- mesh ------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Mesh:
+    """Where this process sits: global rank, world = pp * dp, rank = d * pp + p."""
+
+    rank: int = 0
+    world: int = 1
+    pp: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def p(self) -> int:  # pipeline rank
+        return self.rank % self.pp
+
+    @property
+    def d(self) -> int:  # data-parallel replica
+        return self.rank // self.pp
+
+    @property
+    def dp(self) -> int:
+        return self.world // self.pp
+
+    def peer(self, p: int) -> int:
+        """Global rank of pipeline rank p in this replica."""
+        return self.d * self.pp + p
+
+
+def init_mesh(pp: int, timeout_s: float = 600.0) -> Mesh:
+    """Join the process group described by torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK)."""
+    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+    if pp < 1 or world % pp:
+        raise PipelineError(f"--pipeline {pp} needs a multiple of {pp} processes, not {world}: launch with "
+                            f"torchrun --nproc-per-node {pp} (or a multiple, for data parallelism)")
+    if torch.cuda.is_available():
+        device, backend = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))), "nccl"
+        torch.cuda.set_device(device)
+    else:
+        device, backend = torch.device("cpu"), "gloo"
+    if world > 1 and not dist.is_initialized():
+        try:
+            dist.init_process_group(backend, rank=rank, world_size=world, timeout=timedelta(seconds=timeout_s))
+        except RuntimeError as e:
+            raise PipelineError(f"rank {rank}: cannot join the {world} processes: {_first_line(e)}") from e
+    return Mesh(rank, world, pp, device)
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+
+
+# ---- point to point with autograd -------------------------------------------------------------------
+class _Link:
+    """The p2p traffic of one step: pending isends (waited at the end) and the time spent blocked."""
+
+    def __init__(self, mesh: Mesh):
+        self.mesh = mesh
+        self.pending: list[tuple[dist.Work, torch.Tensor]] = []
+        self.waited = 0.0
+
+    def recv(self, shape: tuple[int, ...], dtype: torch.dtype, src: int, tag: int, what: str) -> torch.Tensor:
+        buf = torch.empty(shape, dtype=dtype, device=self.mesh.device)
+        t = time.perf_counter()
+        try:
+            dist.recv(buf, src=src, tag=tag)
+        except RuntimeError as e:
+            raise PipelineError(f"rank {self.mesh.rank}: no layer-{tag} {what} from rank {src}: "
+                                f"{_first_line(e)}") from e
+        self.waited += time.perf_counter() - t
+        return buf
+
+    def send(self, x: torch.Tensor, dst: int, tag: int) -> None:
+        try:
+            self.pending.append((dist.isend(x, dst=dst, tag=tag), x))
+        except RuntimeError as e:
+            raise PipelineError(f"rank {self.mesh.rank}: cannot send layer {tag} to rank {dst}: "
+                                f"{_first_line(e)}") from e
+
+    def finish(self) -> None:
+        if not self.pending:
+            return
+        t = time.perf_counter()
+        try:
+            for work, _ in self.pending:
+                work.wait()
+        except RuntimeError as e:
+            raise PipelineError(f"rank {self.mesh.rank}: a send was never received: {_first_line(e)}") from e
+        self.pending.clear()
+        self.waited += time.perf_counter() - t
+
+
+class _Send(torch.autograd.Function):
+    """forward: send the packed memory to `dst`, return a 0-dim token (a backward root);
+    backward: receive the memory's gradient from `dst`."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, link: _Link, dst: int, tag: int) -> torch.Tensor:
+        link.send(x.contiguous(), dst, tag)
+        ctx.link, ctx.dst, ctx.tag, ctx.shape, ctx.dtype = link, dst, tag, tuple(x.shape), x.dtype
+        return x.new_zeros(())
+
+    @staticmethod
+    def backward(ctx, _token_grad: torch.Tensor):
+        g = ctx.link.recv(ctx.shape, ctx.dtype, ctx.dst, ctx.tag, "memory gradient")
+        return g, None, None, None
+
+
+class _Recv(torch.autograd.Function):
+    """forward: receive the packed memory from `src`; backward: send its gradient back to `src`.
+    `anchor` is an empty leaf that requires grad, so the result is part of the graph."""
+
+    @staticmethod
+    def forward(ctx, anchor: torch.Tensor, link: _Link, shape: tuple[int, ...], dtype: torch.dtype, src: int,
+                tag: int) -> torch.Tensor:
+        ctx.link, ctx.src, ctx.tag = link, src, tag
+        return link.recv(shape, dtype, src, tag, "memory")
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        ctx.link.send(g.contiguous(), ctx.src, ctx.tag)
+        return None, None, None, None, None, None
+
+
+# ---- planning: units, costs, partition -----------------------------------------------------------------
+def plan_units(cfg: CometConfig, sizes: Sequence[int], n_live: int) -> list[ChunkLayout]:
+    """Layouts of a sample's context chunks (text sizes `sizes`) followed by its live chunk."""
+    lays = plan_layouts(list(sizes), 0, 0, cfg.stride, cfg.n_global, cfg.budget)
+    n_temp = min(cfg.budget, sum(x.n_tbeacons for x in lays)) if lays else 0
+    live = build_layout(n_live, cfg.n_global if lays else 0, n_temp, cfg.stride, 0, live=True)
+    return lays + [live]
+
+
+def cost_model(lm_config) -> Callable[[int], float]:
+    """Relative cost of one layer over S positions: S x (weights per layer) + S^2 x (attention width)
+    (multiply-adds of the projections and MLP, and of the causal half of QK^T and AV)."""
+    d, ff = lm_config.hidden_size, lm_config.intermediate_size
+    heads, kv = lm_config.num_attention_heads, lm_config.num_key_value_heads
+    hd = getattr(lm_config, "head_dim", None) or d // heads
+    per_pos = d * hd * (2 * heads + 2 * kv) + 3 * d * ff
+    return lambda s: float(s * per_pos + s * s * heads * hd)
+
+
+def partition(costs: Sequence[float], pp: int) -> list[tuple[int, int]]:
+    """Contiguous blocks [a, b) of units for pp ranks minimising the largest block cost (linear
+    partition). The last unit (the live chunk) ends the last block; with fewer units than ranks each
+    unit gets its own rank and the ranks before the last one left over are idle (empty blocks)."""
+    n = len(costs)
+    if n <= pp:
+        return [(i, i + 1) for i in range(n - 1)] + [(n - 1, n - 1)] * (pp - n) + [(n - 1, n)]
+    pre = [0.0]
+    for c in costs:
+        pre.append(pre[-1] + c)
+    best = [[math.inf] * (n + 1) for _ in range(pp + 1)]  # best[k][j]: first j units in k blocks
+    cut = [[0] * (n + 1) for _ in range(pp + 1)]
+    best[0][0] = 0.0
+    for k in range(1, pp + 1):
+        for j in range(k, n + 1):
+            for i in range(k - 1, j):
+                v = max(best[k - 1][i], pre[j] - pre[i])
+                if v < best[k][j]:
+                    best[k][j], cut[k][j] = v, i
+    bounds, j = [], n
+    for k in range(pp, 0, -1):
+        bounds.append((cut[k][j], j))
+        j = cut[k][j]
+    return bounds[::-1]
+
+
+def wavefront_makespan(block_costs: Sequence[float], n_layers: int) -> float:
+    """Time to sweep the grid when rank r needs c_r per layer: F(r, l) = max(F(r-1, l), F(r, l-1)) + c_r.
+    Idle ranks (c = 0) are not in the chain."""
+    active = [c for c in block_costs if c > 0]
+    finish = [0.0] * len(active)
+    for _ in range(n_layers):
+        prev = 0.0
+        for r, c in enumerate(active):
+            finish[r] = max(finish[r], prev) + c
+            prev = finish[r]
+    return max(finish, default=0.0)
+
+
+@dataclass(frozen=True)
+class Plan:
+    units: list[ChunkLayout]
+    blocks: list[tuple[int, int]]
+    block_costs: list[float]
+    n_layers: int
+
+    @property
+    def pp(self) -> int:
+        return len(self.blocks)
+
+    @property
+    def balance(self) -> float:
+        """Mean block cost / largest block cost (1 = perfectly balanced)."""
+        return sum(self.block_costs) / (self.pp * max(self.block_costs))
+
+    @property
+    def bound(self) -> float:
+        """The wavefront's utilisation with perfectly balanced blocks: L / (L + P - 1)."""
+        return self.n_layers / (self.n_layers + self.pp - 1)
+
+    @property
+    def predicted(self) -> float:
+        """Utilisation of these blocks in the wavefront (imbalance and fill/drain, no communication)."""
+        total = self.n_layers * sum(self.block_costs)
+        return total / (self.pp * wavefront_makespan(self.block_costs, self.n_layers))
+
+    def summary(self) -> dict:
+        return {"blocks": self.blocks, "positions": [sum(u.length for u in self.units[a:b]) for a, b in self.blocks],
+                "balance": round(self.balance, 4), "bound": round(self.bound, 4),
+                "predicted": round(self.predicted, 4)}
+
+
+def plan_sample(model: CometModel, enc: Encoded, pp: int) -> Plan:
+    units = plan_units(model.cfg, [len(c) for c in enc.chunks], len(enc.live))
+    cost = cost_model(model.lm.config)
+    costs = [cost(u.length + int(model.cfg.sink)) for u in units]
+    blocks = partition(costs, pp)
+    return Plan(units, blocks, [sum(costs[a:b]) for a, b in blocks], model.n_layers)
+
+
+# ---- one sample through the pipeline ------------------------------------------------------------------
+@dataclass
+class StepOut:
+    loss: float | None  # summed answer cross-entropy (the rank holding the live chunk only)
+    exact: bool | None  # every answer token is the argmax (same rank)
+    wall: float  # seconds for forward + backward on this rank
+    waited: float  # seconds of it blocked in receives and send completion
+    plan: Plan
+
+
+def pipeline_step(model: CometModel, enc: Encoded, mesh: Mesh, scale: float = 1.0, grad_ckpt: bool = True
+                  ) -> StepOut:
+    """Forward and backward of one sample on this pipeline rank: gradients of `scale` x the summed
+    answer cross-entropy accumulate into this rank's share of the adapter's .grad (sum them over the
+    pipeline ranks, see `sync_grads`). With pp = 1 this is `sample_loss` + backward, without any p2p."""
+    t0 = time.perf_counter()
+    plan = plan_sample(model, enc, mesh.pp)
+    units, n_ctx = plan.units, len(enc.chunks)
+    a, b = plan.blocks[mesh.p]
+    if a == b:
+        return StepOut(None, None, 0.0, 0.0, plan)
+    active = [p for p, (x, y) in enumerate(plan.blocks) if y > x]
+    k = active.index(mesh.p)
+    prev = mesh.peer(active[k - 1]) if k > 0 else None
+    nxt = mesh.peer(active[k + 1]) if k + 1 < len(active) else None
+    dev, link = model.device, _Link(mesh)
+    mine = list(range(a, min(b, n_ctx)))
+    bodies = [model.embed_body(torch.tensor([enc.chunks[i]], device=dev), units[i]) for i in mine]
+    live = model.embed_body(torch.tensor([enc.live], device=dev), units[n_ctx]) if b > n_ctx else None
+    first = units[a]
+    shape = (1, first.n_mem, model.d)
+    sinks = model.sink_states(1)  # the sink's per-layer states, computed on every working rank
+    anchor = torch.empty(0, device=dev, requires_grad=True)
+    roots: list[torch.Tensor] = []
+    for l in range(model.n_layers):
+        gs = tq = None
+        if prev is not None:
+            x = _Recv.apply(anchor, link, shape, model.dtype, prev, l)
+            gs, tq = x[:, :first.n_gmem], (x[:, first.n_gmem:] if first.n_tmem else None)
+        for j, i in enumerate(mine):
+            if grad_ckpt:
+                bodies[j], gs, tq = checkpoint(model.cell, l, units[i], bodies[j], gs, tq, sinks[l],
+                                               use_reentrant=False)
+            else:
+                bodies[j], gs, tq = model.cell(l, units[i], bodies[j], gs, tq, sinks[l])
+        if live is not None:
+            mem = model.memory_at(l, gs, tq)
+            live = (checkpoint(model.run_layer, l, live, mem, sinks[l], use_reentrant=False) if grad_ckpt
+                    else model.run_layer(l, live, mem, sinks[l]))
+        if nxt is not None:
+            packed = torch.cat([t for t in (gs, tq) if t is not None], dim=1)
+            assert packed.shape[1] == units[b].n_mem, "packed memory does not match the receiver's layout"
+            roots.append(_Send.apply(packed, link, nxt, l))
+    loss = exact = None
+    if live is not None:
+        hid = live[:, units[n_ctx].text_idx.to(dev)]
+        p, n = len(enc.live), enc.n_target
+        logits = model.logits(hid[0, p - n - 1:p - 1])
+        targets = torch.tensor(enc.live[p - n:], device=dev)
+        ce = F.cross_entropy(logits, targets, reduction="sum")
+        roots.append(ce * scale)
+        loss, exact = ce.item(), bool((logits.argmax(-1) == targets).all())
+    torch.autograd.backward(roots)
+    link.finish()
+    return StepOut(loss, exact, time.perf_counter() - t0, link.waited, plan)
+
+
+def _all_reduce(t: torch.Tensor, what: str) -> None:
+    try:
+        dist.all_reduce(t)
+    except RuntimeError as e:
+        raise PipelineError(f"rank {dist.get_rank()}: all-reduce of {what} failed: {_first_line(e)}") from e
+
+
+def sync_grads(params: Sequence[torch.nn.Parameter], mesh: Mesh) -> None:
+    """Sum the partial gradients over the pipeline ranks and average them over the replicas (one
+    all-reduce of one flat buffer); afterwards every rank holds the same full gradient."""
+    if mesh.world == 1:
+        return
+    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).float() for p in params])
+    _all_reduce(flat, "gradients")
+    flat /= mesh.dp
+    off = 0
+    for p in params:
+        p.grad = flat[off:off + p.numel()].view_as(p).to(p.dtype, copy=True)
+        off += p.numel()
+
+
+# ---- the training loop -------------------------------------------------------------------------------
+def _build(args: TrainArgs, device: torch.device):
+    """`trainer.build_model` on this rank's device."""
+    from ..adapter import load_adapter
+    from ..loading import load_model, model_fingerprint
+
+    loaded = load_model(args.model, precision=args.precision, device=str(device), trainable=True)
+    fp = model_fingerprint(loaded.model)
+    out = Path(args.out)
+    if args.resume and (out / "adapter.safetensors").exists():
+        model, _ = load_adapter(out / "adapter.safetensors", loaded.model, fp)
+    elif args.init_adapter:
+        model, _ = load_adapter(args.init_adapter, loaded.model, fp)
+    else:
+        model = CometModel.create(loaded.model, args.config(), seed=args.seed)
+    return loaded, model, fp
+
+
+@dataclass
+class _Draw:
+    level: int
+    enc: Encoded
+    text_tokens: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.text_tokens = sum(map(len, self.enc.chunks)) + len(self.enc.live)
+
+
+def _draw(args: TrainArgs, cur: Curriculum, rng: random.Random, weights: dict[str, float], tok,
+          cfg: CometConfig) -> _Draw:
+    """One training sample, drawn exactly as `trainer.train` draws it."""
+    from .data import make_sample
+
+    level = cur.level
+    if level > args.min_chunks and rng.random() < args.short_share:
+        level = rng.choice([lv for lv in (2, 4, 8, 16, 32) if args.min_chunks <= lv < cur.level])
+    task = rng.choices(list(weights), list(weights.values()))[0]
+    n_ctx = rng.randint((level - 1) * cfg.chunk_size + cfg.chunk_size // 4, level * cfg.chunk_size)
+    sample = make_sample(task, tok, n_ctx, rng, "train")
+    return _Draw(level, encode(sample, tok, cfg, rng, args.random_plan))
+
+
+def train_pipeline(args: TrainArgs, on_step: Callable[[dict], None] | None = None, pp: int = 1,
+                   timeout_s: float = 600.0) -> dict:
+    """`trainer.train` over pp x dp processes (torchrun's environment; a single process works too).
+
+    Every rank draws the same samples from the same rng (one step = accum x dp samples, sample k on
+    replica k % dp), so the curriculum and rng stay identical everywhere; the curriculum records a
+    step's results after the step (the single-process trainer records after each sample). Rank 0 alone
+    logs, calls `on_step` and writes checkpoints; on resume every rank loads the same checkpoint.
+    Joins (and afterwards leaves) the process group unless the caller already has. Returns the last
+    step's record.
+    """
+    own_group = not dist.is_initialized()
+    mesh = init_mesh(pp, timeout_s)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    loaded, model, base_fp = _build(args, mesh.device)
+    tok, cfg = loaded.tokenizer, model.cfg
+    opt = _optimizer(model, args)
+    params = list(model.mem.trainable().values())
+    weights = args.task_weights()
+    cur = Curriculum(args.min_chunks, args.max_chunks, args.promote_at, args.window)
+    rng = random.Random(args.seed)
+    step, seen_tokens, elapsed0 = 0, 0, 0.0
+    if args.resume and (out / "train_state.safetensors").exists():
+        meta = _load_train_state(out / "train_state.safetensors", opt, model)
+        step, seen_tokens, elapsed0 = meta["step"], meta["seen_tokens"], meta.get("elapsed", 0.0)
+        cur.level, cur.recent = meta["level"], deque(meta["recent"])
+        rng.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in meta["rng"]))
+    t0, record, stop, saved_at = time.time(), {}, False, step
+    while step < args.steps and not stop:
+        ts = time.time()
+        mult = lr_at(step, args)
+        for g in opt.param_groups:
+            g["lr"] = g["base_lr"] * mult
+        opt.zero_grad(set_to_none=True)
+        batch = [_draw(args, cur, rng, weights, tok, cfg) for _ in range(args.accum * mesh.dp)]
+        # stats: loss sum, answer tokens, text tokens, stop flag, then one exact flag per sample
+        stats = torch.zeros(4 + len(batch), dtype=torch.float64, device=mesh.device)
+        busy, wall = 0.0, 0.0
+        for k, s in enumerate(batch):
+            if k % mesh.dp != mesh.d:
+                continue
+            r = pipeline_step(model, s.enc, mesh, 1.0 / (s.enc.n_target * args.accum), args.grad_ckpt)
+            busy, wall = busy + r.wall - r.waited, wall + r.wall
+            if r.loss is not None:
+                stats[0] += r.loss
+                stats[1] += s.enc.n_target
+                stats[2] += s.text_tokens
+                stats[4 + k] = float(r.exact)
+        if mesh.rank == 0 and args.time_limit_min and time.time() - t0 > 60 * args.time_limit_min:
+            stats[3] = 1.0
+        if mesh.world > 1:
+            _all_reduce(stats, "step statistics")
+        sync_grads(params, mesh)
+        for k, s in enumerate(batch):
+            cur.record(s.level, bool(stats[4 + k] > 0))
+        gnorm = float(torch.nn.utils.clip_grad_norm_(params, args.clip))
+        opt.step()
+        step += 1
+        seen_tokens += int(stats[2])
+        stop = bool(stats[3] > 0)
+        dt = time.time() - ts
+        record = {"step": step, "loss": float(stats[0] / max(1.0, float(stats[1]))),
+                  "exact": float(stats[4:].mean()), "level": cur.level, "level_acc": cur.accuracy(),
+                  "grad_norm": gnorm, "lr_mult": mult, "tokens_per_s": float(stats[2]) / dt,
+                  "seen_tokens": seen_tokens, "step_s": dt, "elapsed": elapsed0 + time.time() - t0,
+                  "pipeline": pp, "data_parallel": mesh.dp, "rank0_busy": busy / wall if wall else 0.0}
+        if mesh.rank == 0:
+            with open(out / "log.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+            if on_step:
+                on_step(record)
+            if step % args.save_every == 0:
+                save_checkpoint(out, model, opt, base_fp, loaded.name, args, step, seen_tokens, cur, rng,
+                                elapsed0 + time.time() - t0)
+                saved_at = step
+    if mesh.rank == 0 and saved_at != step:
+        save_checkpoint(out, model, opt, base_fp, loaded.name, args, step, seen_tokens, cur, rng,
+                        elapsed0 + time.time() - t0)
+    if mesh.world > 1:
+        dist.barrier()  # the checkpoint is complete before any rank moves on (or resumes from it)
+        if own_group:
+            dist.destroy_process_group()
+    return record
+
+
+# ---- local launcher (tests, benchmark) ---------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _entry(fn: Callable, rank: int, world: int, port: int, threads: int, args: tuple) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(threads)
+    code = 0
+    try:
+        fn(*args)
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    except BaseException as e:  # report, then exit non-zero without waiting on dead peers
+        code = 1
+        print(f"rank {rank}: {type(e).__name__}: {_first_line(e)}", file=sys.stderr)
+        if not isinstance(e, PipelineError):
+            traceback.print_exc()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def spawn_local(fn: Callable, world: int, args: tuple = (), timeout_s: float = 300.0, threads: int = 1
+                ) -> list[int | None]:
+    """Run fn(*args) in `world` fresh processes on this machine (RANK etc. set as torchrun would; fn
+    calls `init_mesh`). Returns the exit codes; a process still running after timeout_s is killed and
+    reported as None."""
+    ctx = mp.get_context("spawn")
+    port = free_port()
+    procs = [ctx.Process(target=_entry, args=(fn, r, world, port, threads, args)) for r in range(world)]
+    for p in procs:
+        p.start()
+    deadline = time.time() + timeout_s
+    for p in procs:
+        p.join(max(0.0, deadline - time.time()))
+    codes: list[int | None] = []
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+            p.join()
+            codes.append(None)
+        else:
+            codes.append(p.exitcode)
+    return codes
