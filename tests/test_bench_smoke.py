@@ -1,0 +1,136 @@
+"""Every benchmark script runs end to end on a tiny model at tiny sizes (its timings mean nothing).
+
+Most scripts run their per-configuration children in this process (COMET_BENCH_IN_PROCESS=1); the
+scaling test goes through real child processes once, as the full runs do.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from tiny import save_tiny
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))  # bench/ is not an installed package
+
+from bench import (  # noqa: E402
+    common,
+    experiments,
+    generation,
+    hw_limit,
+    llamacpp,
+    profile_read,
+    scaling,
+    tradeoff,
+    vs_full_attention,
+)
+
+TEXT = str(REPO / "samples" / "macbeth-act1.txt")
+BASE = ["--adapter", "none", "--threads", "1", "--text", TEXT]
+MEMORY = ["--chunk-size", "32", "--stride", "8", "--n-global", "2", "--budget", "8", *BASE]
+
+
+@pytest.fixture(scope="module")
+def tiny_env(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bench")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("COMET_CACHE", str(root / "cache"))
+    threads = torch.get_num_threads()
+    yield save_tiny(root / "tiny"), root, mp
+    mp.undo()
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def in_process(tiny_env, monkeypatch):
+    monkeypatch.setenv("COMET_BENCH_IN_PROCESS", "1")
+    return tiny_env
+
+
+def test_scaling_runs_children_and_writes_table_json_plot(tiny_env, capsys):
+    model, root, _ = tiny_env
+    out = root / "scaling.json"
+    res = scaling.main(["--model", str(model), "--precisions", "bf16", "--lengths", "64", "--dense-chunks", "1",
+                        "--json-out", str(out), *MEMORY])
+    assert out.is_file() and out.with_suffix(".png").stat().st_size > 1000
+    runs = json.loads(out.read_text())["runs"]
+    assert [r["target"] for r in runs] == [64]
+    assert all(r["tokens"] >= r["target"] and r["tok_s"] > 0 and r["read_peak_rss_mb"] > 0 for r in runs)
+    assert runs[0]["state_bytes"] > 0 and res["dense"]["bf16"]["tok_s"] > 0
+    assert "Criteria" in capsys.readouterr().out
+
+
+def test_vs_full_attention_marks_the_window(in_process):
+    model, root, _ = in_process
+    res = vs_full_attention.main(["--model", str(model), "--precisions", "bf16", "--lengths", "128,256,4k",
+                                  "--comet-extra", "", "--json-out", str(root / "vs.json"), *MEMORY])
+    assert res["window"] == 2048
+    assert [r["tokens"] for r in res["full"]] == [128, 256]  # 4k is past the tiny model's window
+    assert res["full"][0]["kv_bytes"] > 0
+    assert [r["target"] for r in res["comet"]["bf16"]] == [128, 256, 4096]
+    assert (root / "vs.png").is_file()
+
+
+def test_hw_limit_counts_flops_and_compares_with_peak(in_process):
+    model, root, _ = in_process
+    res = hw_limit.main(["--model", str(model), "--precisions", "4bit,bf16", "--tokens", "64", "--sizes", "64",
+                         "--dense-chunks", "1", "--min-seconds", "0.01", "--json-out", str(root / "hw.json"), *MEMORY])
+    lay = res["reading"][0]["layout"]
+    assert lay["S"] == lay["sink"] + 32 + 4 + 2 * 2 + 8 and lay["overhead_S_over_c"] == lay["S"] / 32
+    # tiny llama: d 64, 4 heads x 16, 2 kv heads, mlp 128 -> q 64x64, k,v 64x32, o 64x64, 3 x 64x128
+    assert lay["layer_linear_params"] == 2 * 64 * 64 + 2 * 64 * 32 + 3 * 64 * 128
+    assert lay["flops_linear"] == pytest.approx(2 * lay["layer_linear_params"] * lay["S"] * 2 / 32)
+    assert all(k["bf16"] > 0 for k in res["kernels"]) and "nf4 bnb kernel" in res["kernels"][0]
+
+
+def test_generation_times_first_token_and_decode(in_process):
+    model, root, _ = in_process
+    res = generation.main(["--model", str(model), "--precisions", "bf16", "--tokens", "64", "--new-tokens", "4",
+                           "--json-out", str(root / "gen.json"), *MEMORY])
+    r = res["runs"][0]
+    assert r["warm"]["new_tokens"] == 4 and r["warm"]["ttft_s"] > 0 and r["plain"]["decode_tok_s"] > 0
+
+
+def test_profile_read_groups_time(in_process):
+    model, root, _ = in_process
+    res = profile_read.main(["--model", str(model), "--precisions", "bf16", "--chunks", "2",
+                             "--json-out", str(root / "prof.json"), *MEMORY])
+    cats = res["precisions"]["bf16"]["categories"]
+    assert "dense GEMM" in cats and sum(cats.values()) > 0
+
+
+def test_experiments_variants_agree_with_the_engine(in_process):
+    model, root, _ = in_process
+    res = experiments.main(["--model", str(model), "--precisions", "4bit", "--tokens", "96", "--rounds", "1",
+                            "--variants", "base,skip_slots,sink_cache,all_block4", "--json-out", str(root / "exp.json"),
+                            *MEMORY])
+    rows = res["precisions"]["4bit"]
+    assert rows["skip_slots"]["state_diff"] < 1e-2  # same computation, fewer rows
+    assert all(r["tok_s"] > 0 for r in rows.values())
+
+
+def test_tradeoff_sweeps_settings(in_process):
+    model, root, _ = in_process
+    res = tradeoff.main(["--model", str(model), "--precisions", "bf16", "--tokens", "64", "--configs",
+                         "32/8/2/8,64/8/2/8", "--json-out", str(root / "tradeoff.json"), *BASE])
+    assert [r["c"] for r in res["runs"]] == [32, 64] and res["runs"][0]["S_over_c"] > res["runs"][1]["S_over_c"]
+
+
+def test_llamacpp_reports_or_skips(tiny_env):
+    _, root, _ = tiny_env
+    res = llamacpp.main(["--json-out", str(root / "llamacpp.json"), "--lengths", "64", "--reps", "1",
+                         "--text", TEXT])
+    assert res["status"] == "ok" or "not installed" in res["status"]
+
+
+def test_prose_stream_and_sizes():
+    pieces = common.prose_pieces(Path(TEXT), piece_chars=1000)
+    a, b = next(pieces), next(pieces)
+    assert len(a) == len(b) == 1000 and a != b
+    assert common.parse_sizes("4k,1M,300") == [4096, 1 << 20, 300]
+    assert common.fmt_size(1 << 20) == "1M" and common.fmt_size(16384) == "16k"
