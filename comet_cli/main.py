@@ -409,7 +409,7 @@ def run(command: str, paths: list[str], question: str | None, o: Opts) -> None:
     display = make_display(stats, o.quiet, o.verbose)
     inputs = open_inputs(paths, o.encoding)
     if o.save:
-        check_writable(o.save)
+        check_writable(o.save, inputs)
 
     from comet_core.state_io import load_state, read_meta, save_state
 

@@ -15,6 +15,7 @@ read because the reader's tokenization does not depend on where the text was spl
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -131,7 +132,11 @@ def load_engine(spec: str | None, precision: str, device: str | None, adapter: s
         raise CliError(str(e)) from None
     except ValueError as e:  # unsupported backbone, chunk longer than the model's positions
         raise CliError(f"{loaded.name}: {e}") from None
-    fingerprint = hashlib.sha256(f"{base_fp}:{model.adapter_hash()}".encode()).hexdigest()
+    # settings() (c, s, G, B_T) are checked on their own by load_state, with a precise message; every other
+    # field of the config (attention sink, rank, LoRA) also changes what a state means, so it is hashed here.
+    cfg = model.cfg.to_dict()
+    other = {k: v for k, v in sorted(cfg.items()) if k not in model.cfg.settings()}
+    fingerprint = hashlib.sha256(f"{base_fp}:{model.adapter_hash()}:{json.dumps(other)}".encode()).hexdigest()
     return Engine(loaded, model, model_spec(spec), os.path.abspath(adapter) if adapter else None,
                   path is not None, fingerprint)
 
@@ -159,11 +164,28 @@ def open_inputs(paths: list[str], encoding: str | None) -> list[Input]:
     return out
 
 
-def check_writable(path: str) -> None:
+def looks_like_state(path: Path) -> bool:
+    """Cheap check (header only) that a file is a comet state, so --save never clobbers anything else."""
+    try:
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if not 0 < n < 100 << 20:
+                return False
+            return "comet" in (json.loads(f.read(n)).get("__metadata__") or {})
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def check_writable(path: str, inputs: list[Input]) -> None:
     """Fail early (before reading for minutes) if a state cannot be written to `path`."""
     p = Path(path)
     if p.is_dir():
         raise CliError(f"cannot write state to {path}: is a directory")
+    if any(i.key == abspath(path) for i in inputs):
+        raise CliError(f"cannot write state to {path}: it is one of the inputs")
+    if p.is_file() and p.stat().st_size and not looks_like_state(p):
+        raise CliError(f"cannot write state to {path}: the file exists and is not a comet state "
+                       "(refusing to overwrite it; remove it first)")
     parent = p.parent if str(p.parent) else Path(".")
     if not parent.is_dir():
         raise CliError(f"cannot write state to {path}: folder {parent} does not exist")
