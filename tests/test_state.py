@@ -175,3 +175,13 @@ def test_adapter_roundtrip_and_base_check(tmp_path):
     (tmp_path / "bad.safetensors").write_bytes(b"junk")
     with pytest.raises(AdapterError):
         load_adapter(tmp_path / "bad.safetensors", tiny_lm())
+
+
+def test_atomic_write_gives_normal_permissions(tmp_path):
+    import os
+
+    from comet_core.state_io import atomic_write
+    atomic_write(tmp_path / "f.bin", b"abc")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "f.bin").stat().st_mode & 0o777 == 0o666 & ~umask
