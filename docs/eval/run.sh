@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The evaluation quoted in the README (2-core CPU, ~25 min). Rerun: bash docs/eval/run.sh
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+o=docs/eval
+comet eval passkey --lengths 4k,16k --depths 0,0.5,1 --out $o/passkey-4bit.png --json > $o/passkey-4bit.json 2> $o/passkey-4bit.log
+comet eval passkey --lengths 64k --depths 0.5 --systems comet,full --json > $o/passkey-64k-4bit.json 2> $o/passkey-64k-4bit.log
+comet eval passkey --lengths 4k --depths 0,0.5,1 --systems comet --precision bf16 --json > $o/passkey-bf16.json 2> $o/passkey-bf16.log
+comet eval needle-qa --lengths 4k,16k --depths 0.5 --samples 3 --systems comet,full --json > $o/needle-4bit.json 2> $o/needle-4bit.log
+comet eval lm --lengths 4k --samples 2 --json > $o/lm-4bit.json 2> $o/lm-4bit.log
