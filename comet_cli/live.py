@@ -62,6 +62,7 @@ class Stats:
     read_t0: float | None = None
     read_t1: float | None = None
     tokens: int = 0  # tokens read by this command
+    tokens_run: int = 0  # of those, the ones the model has run (the rest are pending for the live chunk)
     tokens_total_est: int | None = None  # tokens this command is expected to read (None: unknown)
     chunks: int = 0  # context chunks in the memory (all of them, earlier reads included)
     state_bytes: int = 0  # bytes of the memory-state tensors
@@ -80,9 +81,11 @@ class Stats:
             n_sources
         self._window.append((self.read_t0, 0))
 
-    def update(self, tokens: int, chunks: int, state_bytes: int) -> None:
+    def update(self, tokens: int, chunks: int, state_bytes: int, through_model: int | None = None) -> None:
+        """tokens: read so far; through_model: of those, the ones the model has run (default: all)."""
         self.tokens, self.chunks, self.state_bytes = tokens, chunks, state_bytes
-        self._window.append((time.monotonic(), tokens))
+        self.tokens_run = tokens if through_model is None else through_model
+        self._window.append((time.monotonic(), self.tokens_run))
 
     def end_reading(self) -> None:
         self.read_t1 = time.monotonic()
@@ -96,7 +99,7 @@ class Stats:
     @property
     def rate_avg(self) -> float:
         s = self.read_seconds
-        return self.tokens / s if s > 0 else 0.0
+        return self.tokens_run / s if s > 0 else 0.0
 
     @property
     def rate_now(self) -> float:
@@ -107,7 +110,7 @@ class Stats:
         # the base: the newest update at least 10 s old (or the oldest kept), so "now" spans 10 s or more
         t_old, n_old = next(((t, n) for t, n in reversed(self._window) if now - t >= 10.0), self._window[0])
         dt = now - t_old
-        return (self.tokens - n_old) / dt if dt > 0 else 0.0
+        return (self.tokens_run - n_old) / dt if dt > 0 else 0.0
 
     @property
     def fraction(self) -> float | None:

@@ -468,8 +468,9 @@ def run(command: str, paths: list[str], question: str | None, o: Opts) -> None:
 
     state_bytes = saved_bytes if saved_bytes is not None else _state_file_size(state, engine)
     n_in = len(inputs)
+    rate = f" ({fmt_int(stats.rate_avg)} tok/s)" if stats.tokens_run else ""
     summary = (f"read {fmt_int(stats.tokens)} tokens from {n_in} input{'s' if n_in != 1 else ''} in "
-               f"{stats.read_seconds:.1f}s ({fmt_int(stats.rate_avg)} tok/s), {state.chunks} chunks in memory")
+               f"{stats.read_seconds:.1f}s{rate}, {state.chunks} chunks in memory")
     if answer is not None:
         summary += f"; answer {stats.answer_tokens} tokens at {stats.answer_rate:.1f} tok/s"
     summary += f"; peak RSS {fmt_bytes(peak_rss_bytes())}; state {fmt_bytes(state_bytes)}"

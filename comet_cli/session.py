@@ -284,7 +284,7 @@ class ReadJob:
             raise Stopped() from None
         finally:
             st = self.reader.state
-            self.stats.update(self._tokens(st, final=True), st.chunks, st.nbytes())
+            self.stats.update(self._tokens(st, final=True), st.chunks, st.nbytes(), through_model=self._tokens(st))
 
     def _read_one(self, i: int) -> None:
         inp = self.inputs[i]
