@@ -39,7 +39,6 @@ import socket
 import sys
 import time
 import traceback
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -53,7 +52,7 @@ from torch.utils.checkpoint import checkpoint
 from ..config import CometConfig
 from ..layout import ChunkLayout, build_layout, plan_layouts
 from ..model import CometModel
-from .trainer import Curriculum, Encoded, TrainArgs, _load_train_state, _optimizer, encode, lr_at, save_checkpoint
+from .trainer import Curriculum, Encoded, TrainArgs, _optimizer, encode, lr_at, resume_progress, save_checkpoint
 
 
 class PipelineError(RuntimeError):
@@ -433,12 +432,7 @@ def train_pipeline(args: TrainArgs, on_step: Callable[[dict], None] | None = Non
     weights = args.task_weights()
     cur = Curriculum(args.min_chunks, args.max_chunks, args.promote_at, args.window)
     rng = random.Random(args.seed)
-    step, seen_tokens, elapsed0 = 0, 0, 0.0
-    if args.resume and (out / "train_state.safetensors").exists():
-        meta = _load_train_state(out / "train_state.safetensors", opt, model)
-        step, seen_tokens, elapsed0 = meta["step"], meta["seen_tokens"], meta.get("elapsed", 0.0)
-        cur.level, cur.recent = meta["level"], deque(meta["recent"])
-        rng.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in meta["rng"]))
+    step, seen_tokens, elapsed0 = resume_progress(args, out, opt, model, cur, rng)
     t0, record, stop, saved_at = time.time(), {}, False, step
     while step < args.steps and not stop:
         ts = time.time()

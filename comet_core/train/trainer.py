@@ -200,6 +200,18 @@ def _load_train_state(path: Path, opt: torch.optim.AdamW, model: CometModel) -> 
     return meta
 
 
+def resume_progress(args: TrainArgs, out: Path, opt: torch.optim.AdamW, model: CometModel, cur: Curriculum,
+                    rng: random.Random) -> tuple[int, int, float]:
+    """With --resume and a checkpoint in `out`: restore optimizer, curriculum and rng in place and return
+    (step, seen_tokens, elapsed seconds); otherwise (0, 0, 0.0)."""
+    if not (args.resume and (out / "train_state.safetensors").exists()):
+        return 0, 0, 0.0
+    meta = _load_train_state(out / "train_state.safetensors", opt, model)
+    cur.level, cur.recent = meta["level"], deque(meta["recent"])
+    rng.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in meta["rng"]))
+    return meta["step"], meta["seen_tokens"], meta.get("elapsed", 0.0)
+
+
 def build_model(args: TrainArgs):
     """Load the backbone (frozen) and a fresh or given adapter."""
     from ..loading import load_model, model_fingerprint
@@ -225,12 +237,7 @@ def train(args: TrainArgs, on_step: Callable[[dict], None] | None = None) -> dic
     weights = args.task_weights()
     cur = Curriculum(args.min_chunks, args.max_chunks, args.promote_at, args.window)
     rng = random.Random(args.seed)
-    step, seen_tokens, elapsed0 = 0, 0, 0.0
-    if args.resume and (out / "train_state.safetensors").exists():
-        meta = _load_train_state(out / "train_state.safetensors", opt, model)
-        step, seen_tokens, elapsed0 = meta["step"], meta["seen_tokens"], meta.get("elapsed", 0.0)
-        cur.level, cur.recent = meta["level"], deque(meta["recent"])
-        rng.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in meta["rng"]))
+    step, seen_tokens, elapsed0 = resume_progress(args, out, opt, model, cur, rng)
     t0, record = time.time(), {}
     while step < args.steps:
         if args.time_limit_min and time.time() - t0 > 60 * args.time_limit_min:
