@@ -160,6 +160,9 @@ def model_options(f):
     @click.option("--precision", "-p", type=click.Choice(PRECISIONS),
                   help="Weights: 4bit (NF4, the default), 8bit, bf16 or fp32. Default with --state: the state's.")
     @click.option("--device", metavar="DEVICE", help="cpu or cuda[:N] (default: cuda when available).")
+    @click.option("--threads", type=click.IntRange(1), metavar="N",
+                  help="CPU threads (default: $OMP_NUM_THREADS, else every core; on a busy shared machine "
+                       "1 can be much faster).")
     @functools.wraps(f)
     def wrapper(*args, **kwargs):
         return f(*args, **kwargs)
@@ -215,6 +218,7 @@ class Opts:
     adapter: str | None = None
     precision: str | None = None
     device: str | None = None
+    threads: int | None = None
     state: str | None = None
     save: str | None = None
     restart: bool = False
@@ -430,7 +434,7 @@ def run(command: str, paths: list[str], question: str | None, o: Opts) -> None:
     try:
         display.phase("loading model")
         t_load = time.monotonic()
-        engine = load_engine(spec, precision, o.device, adapter, display)
+        engine = load_engine(spec, precision, o.device, adapter, display, o.threads)
         load_seconds = time.monotonic() - t_load
         stats.model = f"{engine.name} · {engine.precision} · {engine.device}"
         if start_file:

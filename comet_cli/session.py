@@ -104,7 +104,7 @@ def model_spec(spec: str | None) -> str:
 
 
 def load_engine(spec: str | None, precision: str, device: str | None, adapter: str | None,
-                display: Display) -> Engine:
+                display: Display, threads: int | None = None) -> Engine:
     import torch
 
     from comet_core.adapter import AdapterError, load_adapter
@@ -112,14 +112,16 @@ def load_engine(spec: str | None, precision: str, device: str | None, adapter: s
     from comet_core.loading import ModelError, load_model, model_fingerprint
     from comet_core.model import CometModel
 
+    if threads:
+        torch.set_num_threads(threads)
+    elif "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(os.cpu_count() or 1)
     try:
         loaded = load_model(spec, precision, device)
     except ModelError as e:
         raise CliError(str(e)) from None
     except (OSError, ValueError, RuntimeError) as e:  # a broken model folder, out of memory, ...
         raise CliError(f"cannot load model {spec or 'smollm2'}: {_oneline(e)}") from None
-    if loaded.device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(os.cpu_count() or 1)
     base_fp = model_fingerprint(loaded.model)
     path = adapter or default_adapter(spec)
     try:
