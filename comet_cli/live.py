@@ -237,8 +237,9 @@ def progress_line(s: Stats) -> str:
     eta = f"  ETA {fmt_duration(s.eta)}" if s.eta is not None else ""
     rss = s.sample_rss()
     src = f"{s.source} " if s.source else ""
+    chunks = f"{s.chunks} chunk{'s' if s.chunks != 1 else ''}"
     return (f"{src}{fmt_int(s.tokens)}{total} tokens{pct}{eta}  {fmt_int(s.rate_now)} tok/s now, "
-            f"{fmt_int(s.rate_avg)} avg  {s.chunks} chunks  RSS {fmt_bytes(rss)} (peak {fmt_bytes(s.peak_rss)})  "
+            f"{fmt_int(s.rate_avg)} avg  {chunks}  RSS {fmt_bytes(rss)} (peak {fmt_bytes(s.peak_rss)})  "
             f"state {fmt_bytes(s.state_bytes)}")
 
 
