@@ -50,6 +50,18 @@ def peak_rss_mb() -> float:
     return int(m.group(1)) / 1024 if m else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def rss_breakdown() -> dict[str, float]:
+    """Resident memory now, split into anonymous (heap: weights copied in, activations, state) and file-backed
+    pages (mmapped weights, shared libraries), MiB."""
+    with open("/proc/self/status") as f:
+        text = f.read()
+    out = {}
+    for key in ("VmRSS", "RssAnon", "RssFile", "VmHWM"):
+        m = re.search(key + r":\s+(\d+) kB", text)
+        out[key] = int(m.group(1)) / 1024 if m else None
+    return out
+
+
 def reset_peak_rss() -> bool:
     """Return freed memory to the OS and restart the peak-RSS counter (Linux >= 4.0: clear_refs 5)."""
     gc.collect()
@@ -332,14 +344,17 @@ def layer_linear_params(layer: torch.nn.Module) -> int:
 def flops_per_text_token(comet) -> dict:
     """FLOPs comet executes per text token in steady state (full temp queue), counting a multiply-add as 2.
 
-    A full chunk has S = [sink] + c + ceil(c/s) + 2G + B_T positions (an optional sink token, text, temp
-    beacons, global memory slots, temp slots, global beacons): CometConfig.max_chunk_len(). Per chunk, layer:
-        linears     2 * P_layer * S                   (P_layer: weights of q,k,v,o,gate,up,down)
-        attention   2 * 2 * d_attn * S(S+1)/2         (QK^T and AV, causal: S(S+1)/2 query-key pairs)
+    A full chunk has S = P + N positions: a prefix of P = [sink] + G + B_T rows (the sink token, global
+    and temp memory slots) whose outputs are discarded, so they skip o_proj and the MLP
+    (comet_core/prefix.py, spec 1.6 [opt]), and N = c + ceil(c/s) + G body rows (text, temp beacons,
+    global beacons). Per chunk, layer:
+        linears     2 * P_layer * N + 2 * P_qkv * P   (P_layer: weights of q,k,v,o,gate,up,down; P_qkv: q,k,v)
+        attention   2 * 2 * d_attn * S(S+1)/2         (QK^T and AV, causal over all S rows)
         memory nets 2 * 2dr * (ceil(c/s) + 2G) + 2 * 2d * G    (temp net on the beacons, global net and
                     the recomputed global memory o_proj, gate; norms and elementwise not counted)
     Per text token: L * (sum) / c. The lm_head is not counted (no logits while reading); neither are
     the embedding gathers, norms, RoPE and residual adds (O(S d) each), nor the sink token's own pass.
+    `overhead_S_over_c` is the layout's positions per text token, `overhead_flops` the FLOPs' (vs plain).
     """
     cfg = comet.cfg
     c = cfg.chunk_size
@@ -347,8 +362,12 @@ def flops_per_text_token(comet) -> dict:
     d_attn = attn_width(lc)
     tb = cfg.beacons(c)
     s_len = cfg.max_chunk_len()
-    p_layer = layer_linear_params(comet.layers[0])
-    lin = 2 * p_layer * s_len
+    n_body = c + tb + cfg.n_global
+    n_pre = s_len - n_body
+    layer = comet.layers[0]
+    p_layer = layer_linear_params(layer)
+    p_qkv = sum(layer_linear_params(getattr(layer.self_attn, f"{x}_proj")) for x in "qkv")
+    lin = 2 * p_layer * n_body + 2 * p_qkv * n_pre
     att = 2 * 2 * d_attn * s_len * (s_len + 1) // 2
     d, r = comet.d, cfg.rank
     mem = 2 * 2 * d * r * (tb + 2 * cfg.n_global) + 2 * 2 * d * cfg.n_global
@@ -357,8 +376,8 @@ def flops_per_text_token(comet) -> dict:
     plain = L * (2 * p_layer * c + 2 * 2 * d_attn * c * (c + 1) // 2) / c  # plain c-token chunks, no memory
     return {"S": s_len, "c": c, "sink": s_len - (c + tb + 2 * cfg.n_global + cfg.budget), "text": c,
             "temp_beacons": tb, "global_slots": cfg.n_global, "temp_slots": cfg.budget,
-            "global_beacons": cfg.n_global, "overhead_S_over_c": s_len / c,
-            "layer_linear_params": p_layer, "layers": L, "d_attn": d_attn,
+            "global_beacons": cfg.n_global, "overhead_S_over_c": s_len / c, "prefix_no_mlp": n_pre,
+            "body": n_body, "layer_linear_params": p_layer, "layers": L, "d_attn": d_attn,
             "flops_linear": L * lin / c, "flops_attention": L * att / c, "flops_memory_nets": L * mem / c,
             "flops_per_text_token": per_tok, "plain_flops_per_token": plain,
             "flop_overhead_vs_plain": per_tok / plain}

@@ -1,18 +1,20 @@
-"""Engine-optimisation experiments: reading speed of variants of the engine on the same loaded model and text.
+"""Engine optimisations, measured: reading speed with each of the engine's optimisations switched off.
 
+The engine (comet_core) reads with three optimisations that came out of this script's prototypes:
+  kv_only     the memory slots and the sink only give keys/values (comet_core/prefix.py, spec 1.6 [opt])
+  dense       quantised weights dequantised to bf16 (LoRA folded in) once per layer visit (comet_core/dense.py)
+  sink_cache  the sink token's per-layer states computed once, not at every read() call
 Variants (each applied around one read, then undone; the engine's files are not changed):
-  base           comet_core as it is (Reader block 1)
-  block4         Reader(block=4): four chunks layer-major per sweep
-  threads1       torch.set_num_threads(1)
-  skip_slots     the memory slots' outputs are discarded by the next layer, so compute o_proj, the MLP and
-                 the residuals only for the body rows (slots still give keys/values; queries of all rows
-                 are kept so that attention stays plain causal sdpa)
-  dequant        4-bit linears on many rows: dequantise the layer's NF4 weights to bf16 once per layer
-                 visit and use the dense bf16 GEMM (one layer's weights, ~7 MB, live at a time)
-  dequant_block4 the same with Reader(block=4): one dequantisation serves four chunks
-  sink_cache     the sink token's per-layer states computed once, not at every read() call
-  all_block4     skip_slots + dequant + sink_cache with Reader(block=4)
-Every patched variant is checked against base on the same text: the memory states must agree.
+  base              the engine as shipped (Reader block 1, as the CLI on a CPU)
+  block4            Reader(block=4): four chunks layer-major per sweep
+  threads1          torch.set_num_threads(1)
+  no_kv_only        the stock decoder layer over every row (slots get queries, o_proj and MLP)
+  no_dense          the quantised kernels inside every call
+  no_sink_cache     the sink's states recomputed at every read() call
+  none              all three off: the engine before these optimisations
+  none_block4       the same with Reader(block=4)
+Every variant is checked against base on the same text: the memory states must agree (up to rounding:
+the dense GEMM and the quantised kernel round differently).
 
     python -m bench.experiments            # all variants, ~5 min on a free 2-core CPU
 """
@@ -20,15 +22,12 @@ Every patched variant is checked against base on the same text: the memory state
 from __future__ import annotations
 
 import argparse
-import copy
-import inspect
 import time
 from collections.abc import Callable
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from bench import common as C
 
@@ -43,108 +42,46 @@ def threads(n: int):
         torch.set_num_threads(old)
 
 
-def body_only_layer(layer, x: torch.Tensor, n_mem: int, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """A llama / qwen2 / qwen3 decoder layer over x = [slots; body] (positions 0..S-1, causal) that returns
-    only the body rows: the slots' rows skip o_proj, the MLP and the residual adds."""
-    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
-
-    attn = layer.self_attn
-    h = layer.input_layernorm(x)
-    b, s, _ = h.shape
-    shape = (b, s, -1, attn.head_dim)
-    q, k, v = attn.q_proj(h).view(shape), attn.k_proj(h).view(shape), attn.v_proj(h).view(shape)
-    if hasattr(attn, "q_norm"):  # qwen3
-        q, k = attn.q_norm(q), attn.k_norm(k)
-    q, k = apply_rotary_pos_emb(q.transpose(1, 2), k.transpose(1, 2), cos, sin)
-    o = F.scaled_dot_product_attention(q, k, v.transpose(1, 2), is_causal=True, scale=attn.scaling,
-                                       enable_gqa=q.shape[1] != k.shape[1])
-    o = o[:, :, n_mem:].transpose(1, 2).reshape(b, s - n_mem, -1)
-    y = x[:, n_mem:] + attn.o_proj(o)
-    return y + layer.mlp(layer.post_attention_layernorm(y))
-
-
 @contextmanager
-def skip_slots(comet):
-    """CometModel.run_layer for reading (no cache): the prefix rows (sink, memory slots) skip o_proj and MLP."""
-    from comet_core.model import CometModel
+def no_kv_only(comet):
+    """The stock decoder layer over [prefix; body] (every row gets queries, o_proj and the MLP)."""
+    import comet_core.model as engine
 
-    orig = CometModel.run_layer
-    sig = inspect.signature(orig)
+    def stock(layer, prefix, body, cos, sin):
+        out = layer(torch.cat([prefix, body], dim=1), attention_mask=None, position_embeddings=(cos, sin))
+        return (out[0] if isinstance(out, tuple) else out)[:, prefix.shape[1]:]
 
-    def run_layer(self, *args, **kwargs):
-        a = sig.bind(self, *args, **kwargs)
-        a.apply_defaults()
-        kw = a.arguments
-        prefix = [kw.get(k) for k in ("sink", "mem") if kw.get(k) is not None]
-        if not prefix or kw.get("cache") is not None or kw.get("start", 0):
-            return orig(*a.args, **a.kwargs)
-        x = torch.cat([*prefix, kw["body"]], dim=1)
-        cos, sin = self.rope(x.shape[1])
-        return body_only_layer(self.layers[kw["l"]], x, x.shape[1] - kw["body"].shape[1], cos, sin)
-
-    CometModel.run_layer = run_layer
+    orig = engine.layer_with_prefix
+    engine.layer_with_prefix = stock
     try:
         yield
     finally:
-        CometModel.run_layer = orig
+        engine.layer_with_prefix = orig
 
 
 @contextmanager
-def dequant(comet, min_rows: int = 64):
-    """NF4 linears on >= min_rows rows: F.linear with the layer's weights dequantised to bf16, cached while the
-    same layer runs (so Reader(block=k) dequantises once per k chunks)."""
-    import bitsandbytes as bnb
-    import bitsandbytes.functional as bf
+def no_dense(comet):
+    """The quantised kernels (bitsandbytes NF4, Int8Linear) dequantise inside every call."""
+    from comet_core.model import CometModel
 
-    mods = {}
-    for l, layer in enumerate(comet.layers):
-        for m in layer.modules():
-            if isinstance(m, bnb.nn.Linear4bit):
-                qs = m.weight.quant_state
-                if getattr(qs, "packing_format_for_cpu", False):  # repacked for the AVX512 kernel: undo (a copy)
-                    qw, st = bf._convert_weight_packed_for_cpu_inverse(m.weight.data.clone(), copy.deepcopy(qs))
-                else:
-                    qw, st = m.weight.data, qs
-                mods[m] = (l, qw, st)
-    cache: dict = {"layer": None}
-    orig = bnb.nn.Linear4bit.forward
-
-    def forward(self, x):
-        src = mods.get(self)
-        if src is None or x.numel() // x.shape[-1] < min_rows:
-            return orig(self, x)
-        l, qw, st = src
-        if cache["layer"] != l:
-            cache.clear()
-            cache["layer"] = l
-        w = cache.get(self)
-        if w is None:
-            w = cache[self] = bf.dequantize_4bit(qw, st).to(torch.bfloat16)
-        return F.linear(x.to(torch.bfloat16), w).to(x.dtype)
-
-    bnb.nn.Linear4bit.forward = forward
+    orig = CometModel.dense
+    CometModel.dense = lambda self, l: nullcontext()
     try:
         yield
     finally:
-        bnb.nn.Linear4bit.forward = orig
+        CometModel.dense = orig
 
 
 @contextmanager
-def sink_cache(comet):
-    """Compute the sink token's per-layer states once (they do not depend on the text), not per read()."""
+def no_sink_cache(comet):
+    """The sink token's per-layer states recomputed at every read() call."""
     from comet_core.model import CometModel
 
-    orig = getattr(CometModel, "sink_states", None)
-    if orig is None:  # an engine without a sink token
-        yield
-        return
-    memo: dict = {}
+    orig = CometModel.sink_states
 
     def sink_states(self, batch: int = 1):
-        key = (id(self), batch)
-        if key not in memo:
-            memo[key] = orig(self, batch)
-        return memo[key]
+        self._sinks = None
+        return orig(self, batch)
 
     CometModel.sink_states = sink_states
     try:
@@ -154,8 +91,8 @@ def sink_cache(comet):
 
 
 @contextmanager
-def _all(comet):
-    with skip_slots(comet), dequant(comet), sink_cache(comet):
+def none(comet):
+    with no_kv_only(comet), no_dense(comet), no_sink_cache(comet):
         yield
 
 
@@ -163,11 +100,11 @@ VARIANTS: dict[str, tuple[int, Callable]] = {  # name -> (block, context factory
     "base": (1, lambda m: ExitStack()),
     "block4": (4, lambda m: ExitStack()),
     "threads1": (1, lambda m: threads(1)),
-    "skip_slots": (1, skip_slots),
-    "dequant": (1, dequant),
-    "dequant_block4": (4, dequant),
-    "sink_cache": (1, sink_cache),
-    "all_block4": (4, _all),
+    "no_kv_only": (1, no_kv_only),
+    "no_dense": (1, no_dense),
+    "no_sink_cache": (1, no_sink_cache),
+    "none": (1, none),
+    "none_block4": (4, none),
 }
 
 

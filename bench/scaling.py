@@ -41,7 +41,7 @@ def child(p: dict) -> dict:
             "tokens": r.tokens, "seconds": r.seconds, "tok_s": r.tok_s, "us_per_token": 1e6 / r.tok_s,
             "chunks": r.chunks, "state_bytes": r.state_bytes, "read_peak_rss_mb": C.peak_rss_mb() if reset else None,
             "rss_before_read_mb": rss0, "load_peak_rss_mb": s.load_peak_mb, "load_s": s.load_s, "warmup_s": warm,
-            "config": s.comet.cfg.settings(), "adapter": s.adapter, "trace": r.trace}
+            "rss_end": C.rss_breakdown(), "config": s.comet.cfg.settings(), "adapter": s.adapter, "trace": r.trace}
 
 
 def criteria(rows: list[dict], dense_bf16: float | None) -> list[tuple[str, bool | None, str]]:

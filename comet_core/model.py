@@ -1,10 +1,12 @@
 """CometModel: drives a stock Hugging Face decoder (llama / qwen2 / qwen3) chunk by chunk with CoMeT memory.
 
-No subclassing and no patched forward: we call the model's own embedding, rotary embedding, decoder
-layers, final norm and head. One (chunk, layer) cell is four steps:
+No subclassing and no patched classes: we call the model's own embedding, rotary embedding, decoder
+layers (or, while reading, their own submodules: prefix.py), final norm and head. One (chunk, layer)
+cell is four steps:
 
     x = [memory_l ; body]          inject: global memory o_proj(state_l) and the temp queue, in front
-    y = layer_l(x)                 run the stock decoder layer (causal sdpa, positions 0..S-1)
+    y = layer_l(x)                 the decoder layer (causal sdpa, positions 0..S-1); the memory rows'
+                                   outputs are discarded, so they skip o_proj and the MLP (prefix.py)
     state_l = GlobalNet_l(y[global beacons], state_l)           extract + gated update
     queue_l = FIFO(queue_l + TempNet_l(y[temp beacons]))         extract + push
 
@@ -12,7 +14,11 @@ Attention sink (cfg.sink, our addition to the paper's layout): position 0 of eve
 token, the model's BOS (or EOS), ahead of the memory slots. Pretrained models park attention on their
 first token; without a real token there, the first memory slot takes that role and untrained memory
 disturbs every text token. The sink attends only to itself, so its hidden state at each layer is the
-same in every chunk: it is computed once per call (`sink_states`) and put in front at each layer.
+same in every chunk: `sink_states` computes it once (once per set of weights without autograd) and it
+is put in front at each layer.
+
+Without autograd each layer visit runs on dense weights made once (dense.py: 4-bit weights dequantised,
+LoRA folded in).
 
 `read()` sweeps a block of chunks layer-major (for each layer, every chunk of the block); a block of one
 chunk is the ordinary chunk-major order. Both give identical results because cell (i, l) depends only on
@@ -22,6 +28,7 @@ chunk is the ordinary chunk-major order. Both give identical results because cel
 from __future__ import annotations
 
 import hashlib
+from contextlib import nullcontext
 from dataclasses import replace
 
 import torch
@@ -30,8 +37,10 @@ from torch.utils.checkpoint import checkpoint
 from transformers import DynamicCache
 
 from .config import CometConfig
+from .dense import dense_weights
 from .layout import ChunkLayout, build_layout, plan_layouts
 from .memory import CometMemory, MemoryState, push_fifo
+from .prefix import layer_with_prefix
 
 SUPPORTED = ("llama", "qwen2", "qwen3")
 
@@ -63,6 +72,7 @@ class CometModel:
         mem.to(self.device)
         mem.attach_lora(self.layers)
         self._rope: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._sinks: tuple[tuple, list[torch.Tensor | None]] | None = None  # (key, states) of the last no-grad call
         cfg = lm.config
         self.sink_id = next((t for t in (cfg.bos_token_id, cfg.eos_token_id, 0) if isinstance(t, int)), 0)
         if self.cfg.max_chunk_len() > self.max_positions:
@@ -104,20 +114,39 @@ class CometModel:
         return torch.cat(parts, dim=1) if parts else None
 
     def sink_states(self, batch: int = 1) -> list[torch.Tensor | None]:
-        """Per-layer input hidden states of the sink token, [B, 1, d] each (None entries without a sink)."""
+        """Per-layer input hidden states of the sink token, [B, 1, d] each (None entries without a sink).
+
+        They depend only on the weights, so without autograd they are computed once and reused until a
+        parameter changes (a training step or a loaded adapter bumps the tensors' version counters)."""
         if not self.cfg.sink:
             return [None] * self.n_layers
+        key = (batch, sum(p._version for p in self.mem.parameters()))
+        if not torch.is_grad_enabled() and self._sinks is not None and self._sinks[0] == key:
+            return self._sinks[1]
         h = self.embed(torch.tensor([[self.sink_id]], device=self.device))
         out = []
         for l in range(self.n_layers):
             out.append(h.expand(batch, -1, -1))
             h = self.run_layer(l, h, None, None)
+        if not torch.is_grad_enabled():
+            self._sinks = (key, out)
         return out
+
+    def dense(self, l: int):
+        """Context for one visit of layer l: without autograd, quantised weights are dequantised once."""
+        return nullcontext() if torch.is_grad_enabled() else dense_weights(self.layers[l], self.dtype)
 
     def run_layer(self, l: int, body: torch.Tensor, mem: torch.Tensor | None, sink: torch.Tensor | None,
                   cache=None, start: int = 0) -> torch.Tensor:
-        """Stock decoder layer l over [sink; mem; body] at positions start..start+S-1; returns the body part."""
+        """Decoder layer l over [sink; mem; body] at positions start..start+S-1; returns the body part.
+
+        Without a KV cache the prefix (sink, memory slots) only gives keys and values (prefix.py); with
+        one (the live chunk for generation) the stock layer runs over every row and fills the cache."""
         prefix = [t for t in (sink, mem) if t is not None]
+        if prefix and cache is None and start == 0:
+            pre = torch.cat(prefix, dim=1) if len(prefix) > 1 else prefix[0]
+            cos, sin = self.rope(pre.shape[1] + body.shape[1])
+            return layer_with_prefix(self.layers[l], pre, body, cos, sin)
         x = torch.cat([*prefix, body], dim=1) if prefix else body
         cos, sin = self.rope(start + x.shape[1])
         out = self.layers[l](x, attention_mask=None, cache=cache, use_cache=cache is not None,
@@ -154,12 +183,13 @@ class CometModel:
         sinks = self.sink_states(bodies[0].shape[0])
         for l in range(self.n_layers):
             gs, tq = gss[l], tqs[l]
-            for i, lay in enumerate(lays):
-                if grad_ckpt:
-                    bodies[i], gs, tq = checkpoint(self.cell, l, lay, bodies[i], gs, tq, sinks[l],
-                                                   use_reentrant=False)
-                else:
-                    bodies[i], gs, tq = self.cell(l, lay, bodies[i], gs, tq, sinks[l])
+            with self.dense(l):
+                for i, lay in enumerate(lays):
+                    if grad_ckpt:
+                        bodies[i], gs, tq = checkpoint(self.cell, l, lay, bodies[i], gs, tq, sinks[l],
+                                                       use_reentrant=False)
+                    else:
+                        bodies[i], gs, tq = self.cell(l, lay, bodies[i], gs, tq, sinks[l])
             gss[l], tqs[l] = gs, tq
         hidden = [b[:, lay.text_idx.to(b.device)] for b, lay in zip(bodies, lays, strict=True)] \
             if return_hidden else []
@@ -189,7 +219,8 @@ class CometModel:
             if grad_ckpt:
                 body = checkpoint(self.run_layer, l, body, mem, sinks[l], cache, use_reentrant=False)
             else:
-                body = self.run_layer(l, body, mem, sinks[l], cache)
+                with self.dense(l):
+                    body = self.run_layer(l, body, mem, sinks[l], cache)
         return body[:, lay.text_idx.to(body.device)]
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:

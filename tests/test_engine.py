@@ -78,6 +78,22 @@ def test_memory_off_matches_base_model_bf16():
     torch.testing.assert_close(ours, base, atol=2e-2, rtol=2e-2)
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_kv_only_prefix_equals_the_stock_layer(family):
+    """Spec 1.6 [opt]: slots that only give keys/values leave the body rows' outputs unchanged."""
+    from comet_core.prefix import layer_with_prefix
+
+    m = make(family)
+    g = torch.Generator().manual_seed(3)
+    prefix, body = torch.randn(1, 9, m.d, generator=g), torch.randn(1, 20, m.d, generator=g)
+    cos, sin = m.rope(29)
+    with torch.no_grad():
+        for layer in m.layers:
+            stock = layer(torch.cat([prefix, body], dim=1), attention_mask=None, position_embeddings=(cos, sin))
+            stock = (stock[0] if isinstance(stock, tuple) else stock)[:, 9:]
+            torch.testing.assert_close(layer_with_prefix(layer, prefix, body, cos, sin), stock, atol=1e-5, rtol=1e-5)
+
+
 def states_equal(a: MemoryState, b: MemoryState) -> bool:
     same = all(torch.equal(x, y) for x, y in zip(a.global_state + a.temp, b.global_state + b.temp, strict=True))
     return same and (a.chunks, a.tokens, a.beacons) == (b.chunks, b.tokens, b.beacons)
@@ -194,3 +210,20 @@ def test_safe_cut_and_incremental_tokenization_are_split_invariant():
     r2.feed(text)
     r2.finish()
     assert states_equal(r.state, r2.state) and r.state.pending_ids == r2.state.pending_ids
+
+
+def test_dense_weights_fold_lora_once_per_visit():
+    from comet_core.dense import MIN_ROWS, dense_weights
+
+    m = make("qwen2", CometConfig(chunk_size=24, stride=4, n_global=4, budget=10, lora_rank=4))
+    layer = m.layers[0]
+    lora = layer.self_attn.q_proj  # qwen2: q_proj has a bias, kept by the folded weight
+    with torch.no_grad():
+        lora.B.normal_()
+        x = torch.randn(1, MIN_ROWS, m.d)
+        ref = lora(x)
+        with dense_weights(layer, torch.float32):
+            got, few = lora(x), lora(x[:, :3])
+        assert "forward" not in vars(lora) and "forward" not in vars(lora.base)
+    torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(few, ref[:, :3])

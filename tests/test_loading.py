@@ -340,3 +340,27 @@ def test_real_default_model(session_cache: Path) -> None:
     assert second_bf16 < first_bf16 / 3
     assert second_4bit < 10
     assert model_fingerprint(again.model) == fp == model_fingerprint(again4.model)
+
+
+@pytest.mark.parametrize("precision", ["4bit", "8bit"])
+def test_dense_weights_match_the_quantised_kernels(tiny_llama: Path, precision: str) -> None:
+    """dense_weights: one dequantisation per layer visit, same result as the quantised kernel, and undone
+    on exit; few-row calls (decoding) keep the quantised kernel."""
+    from comet_core.dense import MIN_ROWS, dense_weights, dequantized
+
+    m = load_model(str(tiny_llama), precision=precision).model
+    layer = m.model.layers[1]
+    lin = layer.mlp.up_proj
+    assert dequantized(lin, torch.bfloat16) is not None and dequantized(layer.input_layernorm, torch.bfloat16) is None
+    x = torch.randn(1, 3 * MIN_ROWS, lin.in_features, dtype=torch.bfloat16)
+    few = x[:, :4]
+    with torch.no_grad():
+        ref, ref_few = lin(x), lin(few)
+        with dense_weights(layer):
+            assert "forward" in vars(lin)
+            got, got_few = lin(x), lin(few)
+        assert "forward" not in vars(lin)
+        assert torch.equal(lin(x), ref)
+    assert torch.equal(got_few, ref_few)
+    err = (got.float() - ref.float()).norm() / ref.float().norm()
+    assert err < 0.02, err
