@@ -35,11 +35,10 @@ def add_lora(layers: nn.ModuleList, targets: tuple[str, ...], rank: int, alpha: 
             base = getattr(layer.self_attn, name)
             if isinstance(base, LoRALinear):
                 raise ValueError(f"layer {i} {name} already has LoRA")
-            w = base.weight
-            # bitsandbytes 4-bit packs weights; read the logical shape from the module.
-            in_f = getattr(base, "in_features", None) or w.shape[1]
-            out_f = getattr(base, "out_features", None) or w.shape[0]
-            lora = LoRALinear(base, in_f, out_f, rank, alpha, generator).to(w.device)
+            # bitsandbytes 4-bit packs weights, Int8Linear keeps int8 buffers: the module has the logical shape.
+            in_f, out_f = base.in_features, base.out_features
+            device = next(iter([*base.parameters(), *base.buffers()])).device
+            lora = LoRALinear(base, in_f, out_f, rank, alpha, generator).to(device)
             setattr(layer.self_attn, name, lora)
             adapters[f"{i}_{name}"] = lora
     return adapters

@@ -364,3 +364,20 @@ def test_dense_weights_match_the_quantised_kernels(tiny_llama: Path, precision: 
     assert torch.equal(got_few, ref_few)
     err = (got.float() - ref.float()).norm() / ref.float().norm()
     assert err < 0.02, err
+
+
+@pytest.mark.parametrize("precision", ["4bit", "8bit"])
+def test_lora_adapter_on_quantised_backbones(tiny_llama: Path, precision: str) -> None:
+    """An adapter with LoRA attaches to NF4 and Int8Linear layers and reads with dense weights."""
+    from comet_core.config import CometConfig
+    from comet_core.memory import MemoryState
+    from comet_core.model import CometModel
+
+    lm = load_model(str(tiny_llama), precision=precision).model
+    m = CometModel.create(lm, CometConfig(chunk_size=80, stride=8, n_global=2, budget=8, lora_rank=4))
+    with torch.no_grad():
+        for lora in m.mem.lora.values():
+            lora.B.normal_(std=0.01)
+        chunks = [torch.randint(3, lm.config.vocab_size, (1, 80)) for _ in range(2)]
+        st, _ = m.read(MemoryState.empty(m.n_layers), chunks)
+    assert st.chunks == 2 and all(torch.isfinite(g).all() for g in st.global_state)
