@@ -20,7 +20,7 @@ from torch.profiler import ProfilerActivity, profile, record_function
 from bench import common as C
 
 CATEGORIES = (  # first match wins; matched against the op name
-    ("4-bit GEMM (bitsandbytes)", ("bitsandbytes::", "gemv_4bit", "dequantize_4bit")),
+    ("4-bit (bitsandbytes: dequantise, few-row kernel)", ("bitsandbytes::", "gemv_4bit", "dequantize_4bit")),
     ("int8 GEMM", ("_weight_int8pack_mm",)),
     ("dense GEMM", ("aten::mm", "aten::addmm", "aten::bmm", "aten::linear", "aten::matmul", "mkldnn")),
     ("attention (sdpa)", ("scaled_dot_product", "flash_attention")),
@@ -41,7 +41,7 @@ def category(name: str) -> str:
 
 
 COMPONENTS = (  # (module, class, method, label): wrapped in record_function while profiling
-    ("comet_core.model", "CometModel", "run_layer", "comet: decoder layer (cat + stock layer + slice)"),
+    ("comet_core.model", "CometModel", "run_layer", "comet: decoder layer (run_layer: prefix + layer)"),
     ("comet_core.model", "CometModel", "embed_body", "comet: embed body"),
     ("comet_core.model", "CometModel", "memory_at", "comet: memory slots (global o_proj + cat)"),
     ("comet_core.memory", "GlobalMemoryNet", "forward", "comet: global memory net"),
