@@ -3,7 +3,7 @@
 Reading pushes many rows through each layer (a chunk is ~670 positions; a layer-major block of k chunks
 visits each layer k times in a row). bitsandbytes' NF4 CPU kernel and our Int8Linear dequantise inside
 every call; dequantising the layer's weights once per visit and running torch's dense GEMM is faster
-(SmolLM2, one layer over a 673-row chunk, 2 cores: bnb 18.1 ms; dequantise 0.9 ms + bf16 GEMM 11.4 ms).
+(SmolLM2, one layer over a 673-row chunk, 2 cores: bnb 18.1 ms; dequantise ~0.7 ms + bf16 GEMM 11.4 ms).
 Only one layer's dense weights (~7 MB for SmolLM2 in bf16) are alive at a time, plus an unpacked copy
 of the NF4 weights (bnb's packed layout takes 10x longer to dequantise: +53 MB for SmolLM2).
 

@@ -133,14 +133,15 @@ class CometModel:
         return out
 
     def dense(self, l: int):
-        """Context for one visit of layer l: without autograd, quantised weights are dequantised once."""
+        """Context for one visit of layer l: without autograd, quantised weights are dequantised and LoRA
+        folded in once (dense.py)."""
         return nullcontext() if torch.is_grad_enabled() else dense_weights(self.layers[l], self.dtype)
 
     def run_layer(self, l: int, body: torch.Tensor, mem: torch.Tensor | None, sink: torch.Tensor | None,
                   cache=None, start: int = 0) -> torch.Tensor:
         """Decoder layer l over [sink; mem; body] at positions start..start+S-1; returns the body part.
 
-        Without a KV cache the prefix (sink, memory slots) only gives keys and values (prefix.py); with
+        Without a KV cache the prefix rows (sink, memory slots) skip o_proj and the MLP (prefix.py); with
         one (the live chunk for generation) the stock layer runs over every row and fills the cache."""
         prefix = [t for t in (sink, mem) if t is not None]
         if prefix and cache is None and start == 0:

@@ -1,4 +1,4 @@
-"""A stock decoder layer over [prefix; body] whose prefix rows only give keys and values.
+"""A stock decoder layer over [prefix; body] that computes outputs for the body rows only.
 
 The prefix is the sink token and the memory slots. Their outputs at layer l are thrown away (layer l+1
 overwrites the slots; the sink's states are fixed), so their o_proj, MLP and residuals are wasted work
