@@ -84,7 +84,11 @@ def test_hw_limit_counts_flops_and_compares_with_peak(in_process):
     assert lay["S"] == lay["sink"] + 32 + 4 + 2 * 2 + 8 and lay["overhead_S_over_c"] == lay["S"] / 32
     # tiny llama: d 64, 4 heads x 16, 2 kv heads, mlp 128 -> q 64x64, k,v 64x32, o 64x64, 3 x 64x128
     assert lay["layer_linear_params"] == 2 * 64 * 64 + 2 * 64 * 32 + 3 * 64 * 128
-    assert lay["flops_linear"] == pytest.approx(2 * lay["layer_linear_params"] * lay["S"] * 2 / 32)
+    # the prefix rows (sink, 2 global + 8 temp slots) only run q, k, v: 64x64 + 2 x 64x32 weights
+    n_body, n_pre = 32 + 4 + 2, lay["S"] - (32 + 4 + 2)
+    assert lay["prefix_no_mlp"] == n_pre == lay["sink"] + 2 + 8
+    lin = 2 * lay["layer_linear_params"] * n_body + 2 * (64 * 64 + 2 * 64 * 32) * n_pre
+    assert lay["flops_linear"] == pytest.approx(2 * lin / 32)
     assert all(k["bf16"] > 0 for k in res["kernels"]) and "nf4 bnb kernel" in res["kernels"][0]
 
 
