@@ -227,3 +227,16 @@ def test_dense_weights_fold_lora_once_per_visit():
         assert "forward" not in vars(lora) and "forward" not in vars(lora.base)
     torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(few, ref[:, :3])
+
+
+def test_sink_states_are_cached_until_a_weight_changes():
+    m = make("llama", CometConfig(chunk_size=24, stride=4, n_global=4, budget=10, sink=True, lora_rank=4))
+    m.sink_id = 5  # the tiny model's EOS is its padding token, whose embedding is zero
+    with torch.no_grad():
+        a = m.sink_states()
+        assert m.sink_states() is a  # reused
+        m.mem.lora["0_v_proj"].B.add_(0.5)  # what an optimizer step or a loaded adapter does
+        b = m.sink_states()
+    assert b is not a and torch.equal(a[0], b[0]) and not torch.equal(a[1], b[1])
+    fresh = m.sink_states()  # autograd on: computed, never cached
+    assert fresh is not b and m.sink_states() is not fresh
