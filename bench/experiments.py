@@ -47,9 +47,9 @@ def no_kv_only(comet):
     """The stock decoder layer over [prefix; body] (every row gets queries, o_proj and the MLP)."""
     import comet_core.model as engine
 
-    def stock(layer, prefix, body, cos, sin):
-        out = layer(torch.cat([prefix, body], dim=1), attention_mask=None, position_embeddings=(cos, sin))
-        return (out[0] if isinstance(out, tuple) else out)[:, prefix.shape[1]:]
+    def stock(layer, x, p, cos, sin):
+        out = layer(x, attention_mask=None, position_embeddings=(cos, sin))
+        return (out[0] if isinstance(out, tuple) else out)[:, p:]
 
     orig = engine.layer_with_prefix
     engine.layer_with_prefix = stock

@@ -144,12 +144,10 @@ class CometModel:
         Without a KV cache the prefix rows (sink, memory slots) skip o_proj and the MLP (prefix.py); with
         one (the live chunk for generation) the stock layer runs over every row and fills the cache."""
         prefix = [t for t in (sink, mem) if t is not None]
-        if prefix and cache is None and start == 0:
-            pre = torch.cat(prefix, dim=1) if len(prefix) > 1 else prefix[0]
-            cos, sin = self.rope(pre.shape[1] + body.shape[1])
-            return layer_with_prefix(self.layers[l], pre, body, cos, sin)
         x = torch.cat([*prefix, body], dim=1) if prefix else body
         cos, sin = self.rope(start + x.shape[1])
+        if prefix and cache is None and start == 0:
+            return layer_with_prefix(self.layers[l], x, x.shape[1] - body.shape[1], cos, sin)
         out = self.layers[l](x, attention_mask=None, cache=cache, use_cache=cache is not None,
                              position_embeddings=(cos[:, start:], sin[:, start:]))
         y = out[0] if isinstance(out, tuple) else out

@@ -24,19 +24,19 @@ from torch import nn
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb  # qwen2 / qwen3 use the same
 
 
-def layer_with_prefix(layer: nn.Module, prefix: torch.Tensor, body: torch.Tensor, cos: torch.Tensor,
+def layer_with_prefix(layer: nn.Module, x: torch.Tensor, p: int, cos: torch.Tensor,
                       sin: torch.Tensor) -> torch.Tensor:
-    """prefix [B, P, d], body [B, N, d], cos/sin [1, P+N, head_dim] -> the layer's body output [B, N, d]."""
+    """x = [prefix; body] [B, S=P+N, d], p = P, cos/sin [1, S, head_dim] -> the layer's body output [B, N, d]."""
     attn = layer.self_attn
-    p = prefix.shape[1]
-    b, n, _ = body.shape
-    h = layer.input_layernorm(torch.cat([prefix, body], dim=1))  # [B, S=P+N, d]
-    shape = (b, p + n, -1, attn.head_dim)
+    b, s, _ = x.shape
+    n = s - p
+    h = layer.input_layernorm(x)  # [B, S, d]
+    shape = (b, s, -1, attn.head_dim)
     q, k, v = attn.q_proj(h).view(shape), attn.k_proj(h).view(shape), attn.v_proj(h).view(shape)
     if hasattr(attn, "q_norm"):  # qwen3
         q, k = attn.q_norm(q), attn.k_norm(k)
     q, k = apply_rotary_pos_emb(q.transpose(1, 2), k.transpose(1, 2), cos, sin)  # [B, H, S, hd]
     o = F.scaled_dot_product_attention(q, k, v.transpose(1, 2), is_causal=True, scale=attn.scaling,
                                        enable_gqa=q.shape[1] != k.shape[1])  # [B, Hq, S, hd]
-    y = body + attn.o_proj(o[:, :, p:].transpose(1, 2).reshape(b, n, -1))
+    y = x[:, p:] + attn.o_proj(o[:, :, p:].transpose(1, 2).reshape(b, n, -1))
     return y + layer.mlp(layer.post_attention_layernorm(y))
