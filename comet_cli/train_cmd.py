@@ -42,7 +42,7 @@ _DEFAULTS = TrainArgs()
 @click.option("--quiet", is_flag=True)
 def train(quiet: bool, **kw) -> None:
     """Teach the memory: train memory nets, beacon embeddings and LoRA on passkey, needle-QA,
-    multi-needle, variable-tracking and language-modelling samples built from real text in data/
+    multi-needle, variable-tracking, verbatim-recall and language-modelling samples built from real text in data/
     (run `python scripts/fetch_data.py` once). Safe to stop at any time; continue with --resume.
 
     \b

@@ -1,6 +1,9 @@
-"""Plot a training run's curve (loss and teacher-forced exact match vs training tokens) from log.jsonl.
+"""Plot training curves (loss, teacher-forced exact match, per-task loss vs training tokens) from log.jsonl.
 
-    python scripts/plot_training.py runs/smollm2 docs/eval/training-curve.png
+Several runs are drawn one after the other (a run started with --init-adapter from the previous one's
+adapter continues its token count):
+
+    python scripts/plot_training.py docs/eval/training-log.jsonl runs/s3 docs/eval/training-curve.png
 """
 
 from __future__ import annotations
@@ -15,30 +18,53 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
-def main(run: str, out: str, smooth: int = 10) -> None:
-    rows = [json.loads(x) for x in (Path(run) / "log.jsonl").read_text().splitlines() if x.strip()]
+def load(runs: list[str]) -> list[dict]:
+    """Rows of all runs in order; seen_tokens made cumulative across runs, `run` = index of the run."""
+    rows: list[dict] = []
+    for i, run in enumerate(runs):
+        p = Path(run)
+        p = p / "log.jsonl" if p.is_dir() else p
+        offset = rows[-1]["seen_tokens"] if rows else 0
+        for line in p.read_text().splitlines():
+            if line.strip():
+                r = json.loads(line)
+                rows.append({**r, "seen_tokens": r["seen_tokens"] + offset, "run": i})
+    return rows
+
+
+def smooth(vals: list[float], n: int) -> list[float]:
+    return [sum(vals[max(0, i - n + 1):i + 1]) / len(vals[max(0, i - n + 1):i + 1]) for i in range(len(vals))]
+
+
+def main(runs: list[str], out: str, n: int = 20) -> None:
+    rows = load(runs)
     tokens = [r["seen_tokens"] / 1e3 for r in rows]
-
-    def avg(key: str) -> list[float]:
-        vals = [r[key] for r in rows]
-        return [sum(vals[max(0, i - smooth + 1):i + 1]) / len(vals[max(0, i - smooth + 1):i + 1])
-                for i in range(len(vals))]
-
-    fig, ax = plt.subplots(1, 2, figsize=(10, 3.5))
-    ax[0].plot(tokens, [r["loss"] for r in rows], alpha=0.3, label="per step")
-    ax[0].plot(tokens, avg("loss"), label=f"mean of {smooth}")
-    ax[0].set(xlabel="training tokens (k)", ylabel="answer-token loss (nats)", title="loss")
-    ax[1].plot(tokens, avg("exact"), label=f"exact match, mean of {smooth}")
+    fig, ax = plt.subplots(1, 3, figsize=(15, 3.8))
+    ax[0].plot(tokens, [r["loss"] for r in rows], alpha=0.25, label="per step")
+    ax[0].plot(tokens, smooth([r["loss"] for r in rows], n), label=f"mean of {n} steps")
+    ax[0].set(xlabel="training tokens (k)", ylabel="answer-token loss (nats)", title="loss, all tasks")
+    ax[1].plot(tokens, smooth([r["exact"] for r in rows], n), label=f"exact match, mean of {n} steps")
     ax[1].plot(tokens, [r["level"] / 16 for r in rows], label="curriculum level / 16", linestyle=":")
     ax[1].set(xlabel="training tokens (k)", ylim=(0, 1), title="teacher-forced exact match")
+    per_task: dict[str, list[tuple[float, float]]] = {}
+    for t, r in zip(tokens, rows, strict=True):
+        for task, results in r.get("tasks", {}).items():
+            per_task.setdefault(task, []).extend((t, loss) for loss, _ in results)
+    for task, pts in sorted(per_task.items()):
+        ax[2].plot([p[0] for p in pts], smooth([p[1] for p in pts], n), label=task)
+    ax[2].set(xlabel="training tokens (k)", ylabel="answer-token loss (nats)",
+              title=f"per task (logged from run {1 + min((r['run'] for r in rows if 'tasks' in r), default=0)})")
+    for i in range(1, len(runs)):
+        start = next(t for t, r in zip(tokens, rows, strict=True) if r["run"] == i)
+        for a in ax:
+            a.axvline(start, color="grey", linewidth=0.8, linestyle="--")
     for a in ax:
-        a.legend()
+        a.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
-    last = rows[-1]
-    print(f"{len(rows)} steps, {last['seen_tokens']} tokens, final mean loss {avg('loss')[-1]:.3f}, "
-          f"mean exact {avg('exact')[-1]:.3f}, level {last['level']}")
+    last, loss = rows[-1], smooth([r["loss"] for r in rows], n)[-1]
+    print(f"{len(rows)} steps, {last['seen_tokens']} tokens, final mean loss {loss:.3f}, level {last['level']}")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(sys.argv[1:-1], sys.argv[-1])

@@ -174,6 +174,17 @@ def test_lm_answer_continues_context(tok):
         assert any(joined in d.text for d in data.documents(family, "train")), joined
 
 
+@pytest.mark.parametrize("depth", [0.0, 0.5, 1.0])
+def test_recall_answer_follows_the_quoted_cue(tok, depth):
+    for seed in range(3):
+        s = data.make_sample("recall", tok, 900, random.Random(seed), "train", depth=depth)
+        cue = s.meta["cue"]
+        assert f'"{cue}"' in s.question and 5 <= len(cue.split()) <= 10 and 12 <= len(s.answer.split()) <= 24
+        words = " ".join(s.context.split())
+        assert f"{cue} {s.answer}" in words
+        assert abs(words.index(cue) / len(words) - depth) <= 0.1, (depth, s.meta["depth"])
+
+
 def test_deterministic(tok):
     for task in data.TASKS:
         a = data.make_sample(task, tok, 700, random.Random(123), "eval", depth=0.4)

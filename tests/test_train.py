@@ -84,6 +84,17 @@ def test_curriculum_promotes_and_keeps_levels():
     assert cur.level == 8
 
 
+def test_curriculum_counts_only_key_retrieval_tasks():
+    # lm continuations and SQuAD answers are almost never exact: counted, they would cap the rate below
+    # promote_at and the curriculum could never advance
+    cur = Curriculum(level=2, max_level=8, promote_at=0.75, window=4, tasks=("passkey", "multi_needle"))
+    for _ in range(10):
+        assert not cur.record(2, False, "lm") and not cur.record(2, False, "needle_qa")
+    assert not cur.recent
+    assert not any(cur.record(2, True, t) for t in ("passkey", "multi_needle", "passkey"))
+    assert cur.record(2, True, "passkey") and cur.level == 4
+
+
 def test_train_saves_and_resumes(env, monkeypatch):
     monkeypatch.setenv("COMET_DATA", str(env / "data"))
     args = TrainArgs(out=str(env / "run"), model=str(env / "model"), precision="fp32", chunk_size=256,

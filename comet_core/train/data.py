@@ -13,7 +13,7 @@ The split is ``"train"`` or ``"eval"``, and the two use *disjoint* source docume
   their id (about 10% go to eval);
 * filler, needles and questions all come from the requested split only.
 
-Tasks (``TASKS``): ``passkey``, ``needle_qa``, ``multi_needle``, ``vartrack`` and ``lm``; see
+Tasks (``TASKS``): ``passkey``, ``needle_qa``, ``multi_needle``, ``vartrack``, ``recall`` and ``lm``; see
 ``make_sample``. Metrics: ``squad_em``, ``squad_f1`` and ``score``.
 """
 
@@ -46,6 +46,7 @@ __all__ = [
     "make_multi_needle",
     "make_vartrack",
     "make_lm",
+    "make_recall",
     "normalize_answer",
     "score",
     "split_of",
@@ -53,7 +54,7 @@ __all__ = [
     "squad_f1",
 ]
 
-TASKS: tuple[str, ...] = ("passkey", "needle_qa", "multi_needle", "vartrack", "lm")
+TASKS: tuple[str, ...] = ("passkey", "needle_qa", "multi_needle", "vartrack", "recall", "lm")
 SPLITS = ("train", "eval")
 EVAL_FRACTION = 0.1
 # Relative tolerance the context length aims for (the loop stops once within it).
@@ -783,6 +784,34 @@ def make_vartrack(tokenizer: Any, n_tokens: int, rng: random.Random, split: str 
     return Sample(context, question, answer, "vartrack", [answer], meta)
 
 
+_RECALL_QUESTIONS = (
+    'Quote the text above from "{cue}" on: what comes next?',
+    'Continue the quotation from the text: "{cue}"',
+    'In the text, what words follow "{cue}"?',
+    'Repeat the passage that starts with "{cue}", word for word.',
+)
+
+
+def make_recall(tokenizer: Any, n_tokens: int, rng: random.Random, split: str = "train",
+                depth: float | None = None) -> Sample:
+    """Verbatim recall: the question quotes 5-10 words of the context (a cue at ``depth``) and the
+    answer is the 12-24 words that follow them there. Ten to twenty times the answer tokens of a passkey
+    per sample, all of them only predictable from memory beyond what the language prior guesses."""
+    root = _root()
+    d = _depth(rng, depth)
+    stream = _prose_stream(tokenizer, root, rng, split)
+    context, meta = _haystack(tokenizer, n_tokens, stream, [])
+    words = [(m.start(), m.group()) for m in re.finditer(r"\S+", context)]
+    n_cue, n_ans = rng.randint(5, 10), rng.randint(12, 24)
+    if len(words) < n_cue + n_ans:
+        raise ValueError(f"n_tokens={n_tokens} is too small for a recall sample")
+    i = round(d * (len(words) - n_cue - n_ans))
+    cue = " ".join(w for _, w in words[i:i + n_cue])
+    answer = " ".join(w for _, w in words[i + n_cue:i + n_cue + n_ans])
+    meta.update(depth=words[i][0] / max(1, len(context)), cue=cue, requested_depth=d)
+    return Sample(context, rng.choice(_RECALL_QUESTIONS).format(cue=cue), answer, "recall", [answer], meta)
+
+
 def make_lm(tokenizer: Any, n_tokens: int, rng: random.Random, split: str = "train",
             depth: float | None = None, answer_tokens: int | None = None) -> Sample:
     """Language modelling: ``context`` is a passage of a play or essay, ``question`` is "" and
@@ -845,6 +874,7 @@ _MAKERS: dict[str, Callable[..., Sample]] = {
     "needle_qa": make_needle_qa,
     "multi_needle": make_multi_needle,
     "vartrack": make_vartrack,
+    "recall": make_recall,
     "lm": make_lm,
 }
 

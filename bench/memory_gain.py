@@ -1,0 +1,99 @@
+"""Does the memory carry the answer? Answer-token loss with memory vs without, per adapter and task.
+
+Accuracy stays at 0% long after training has started to move the memory, so this is the finer gauge the
+training curve uses. Each sample (eval split: text training never saw) is a whole number of chunks, so
+the context sits entirely in memory and the live chunk holds only the question and the answer. Per
+adapter, three teacher-forced losses per answer token (nats):
+  memory     context read into memory, question + answer live (what the CLI does)
+  no memory  the same question + answer with an empty memory (what the model guesses without reading)
+  in window  context, question and answer in one live chunk (the same weights with plain attention
+             over the whole text; a ceiling, only where it fits the backbone's window)
+gain = no memory - memory: how many nats per answer token the memory supplies (0 = it carries nothing).
+
+    python -m bench.memory_gain --adapters comet_core/adapters/smollm2.safetensors,runs/s3/adapter.safetensors
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+
+def measure(adapter: str, tasks: list[str], lengths: list[int], samples: int, precision: str,
+            seed: int) -> list[dict]:
+    from comet_core.adapter import load_adapter
+    from comet_core.loading import load_model, model_fingerprint
+    from comet_core.train.data import make_sample
+    from comet_core.train.trainer import Encoded, encode, sample_loss
+
+    loaded = load_model(None, precision=precision)
+    model, _ = load_adapter(adapter, loaded.model, model_fingerprint(loaded.model))
+    tok, cfg = loaded.tokenizer, model.cfg
+    rows = []
+    with torch.no_grad():
+        for task in tasks:
+            for n in lengths:
+                for i in range(samples):
+                    rng = random.Random(f"{seed}/{task}/{n}/{i}")
+                    depth = i / max(1, samples - 1)
+                    s = make_sample(task, tok, n, rng, "eval", depth=depth)
+                    e = encode(s, tok, cfg, rng)
+                    nt = e.n_target
+                    mem, exact = sample_loss(model, e)
+                    none, _ = sample_loss(model, Encoded([], e.live, nt))
+                    row = {"adapter": adapter, "task": task, "length": n, "sample": i, "depth": depth,
+                           "memory": mem.item() / nt, "no_memory": none.item() / nt, "exact": exact}
+                    if n + len(e.live) <= 8192:
+                        full, _ = sample_loss(model, Encoded([], sum(e.chunks, []) + e.live, nt))
+                        row["in_window"] = full.item() / nt
+                    rows.append(row)
+    return rows
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    out = []
+    keys = sorted({(r["adapter"], r["task"], r["length"]) for r in rows}, key=lambda k: (k[1], k[2], k[0]))
+    for a, t, n in keys:
+        rs = [r for r in rows if (r["adapter"], r["task"], r["length"]) == (a, t, n)]
+        m = {k: statistics.mean(r[k] for r in rs) for k in ("memory", "no_memory")}
+        win = [r["in_window"] for r in rs if "in_window" in r]
+        out.append({"adapter": a, "task": t, "length": n, "n": len(rs), **m,
+                    "in_window": statistics.mean(win) if win else None, "gain": m["no_memory"] - m["memory"],
+                    "exact": statistics.mean(r["exact"] for r in rs)})
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--adapters", default="comet_core/adapters/smollm2.safetensors")
+    ap.add_argument("--tasks", default="passkey,recall")
+    ap.add_argument("--lengths", default="1024,4096")
+    ap.add_argument("--samples", type=int, default=12)
+    ap.add_argument("--precision", default="bf16")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default="bench/results/memory_gain.json")
+    a = ap.parse_args()
+    t0 = time.time()
+    rows = []
+    for adapter in a.adapters.split(","):
+        rows += measure(adapter, a.tasks.split(","), [int(x) for x in a.lengths.split(",")], a.samples,
+                        a.precision, a.seed)
+    summary = summarize(rows)
+    print(f"{'task':8} {'tokens':>6} {'memory':>7} {'no mem':>7} {'window':>7} {'gain':>6} {'exact':>6}  adapter")
+    for s in summary:
+        win = f"{s['in_window']:7.3f}" if s["in_window"] is not None else f"{'-':>7}"
+        print(f"{s['task']:8} {s['length']:6d} {s['memory']:7.3f} {s['no_memory']:7.3f} {win} {s['gain']:6.3f} "
+              f"{s['exact']:6.0%}  {s['adapter']}")
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps({"args": vars(a), "precision": a.precision, "seconds": round(time.time() - t0),
+                                       "summary": summary, "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
