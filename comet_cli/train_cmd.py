@@ -24,6 +24,9 @@ _DEFAULTS = TrainArgs()
 @click.option("--lr", type=float, default=_DEFAULTS.lr, show_default=True, help="Memory nets + beacons.")
 @click.option("--lora-lr", type=float, default=_DEFAULTS.lora_lr, show_default=True)
 @click.option("--lora-rank", type=int, default=_DEFAULTS.lora_rank, show_default=True, help="0 = no LoRA.")
+@click.option("--lora-targets", default=_DEFAULTS.lora_targets, show_default=True,
+              help="Linears that get LoRA: q/k/v/o_proj, gate/up/down_proj. With --init-adapter, "
+                   "targets the adapter lacks are added (starting at zero).")
 @click.option("--chunk-size", type=int, default=_DEFAULTS.chunk_size, show_default=True)
 @click.option("--stride", type=int, default=_DEFAULTS.stride, show_default=True)
 @click.option("--n-global", type=int, default=_DEFAULTS.n_global, show_default=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 
 import torch
 from safetensors import SafetensorError
@@ -65,9 +66,29 @@ def load_adapter(path: str | os.PathLike, lm: torch.nn.Module, base_fingerprint:
     return model, meta
 
 
-def load_memory_tensors(mem: CometMemory, tensors: dict[str, torch.Tensor], where: str) -> None:
+def extend_adapter(path: str | os.PathLike, lm: torch.nn.Module, base_fingerprint: str,
+                   lora_targets: tuple[str, ...]) -> tuple[CometModel, dict]:
+    """Load an adapter to train further with LoRA on more linears: the new targets start with B = 0, so
+    the model computes exactly what the adapter did (its other settings are kept)."""
+    meta, tensors = read_adapter(path)
+    cfg = CometConfig.from_dict(meta["config"])
+    new = tuple(t for t in lora_targets if t not in cfg.lora_targets)
+    if not new or cfg.lora_rank == 0:
+        return load_adapter(path, lm, base_fingerprint)
+    if meta["base_fingerprint"] != base_fingerprint:
+        return load_adapter(path, lm, base_fingerprint)  # raises the mismatch error
+    model = CometModel.create(lm, replace(cfg, lora_targets=cfg.lora_targets + new))
+    load_memory_tensors(model.mem, tensors, str(path), may_lack=new)
+    return model, meta
+
+
+def load_memory_tensors(mem: CometMemory, tensors: dict[str, torch.Tensor], where: str,
+                        may_lack: tuple[str, ...] = ()) -> None:
+    """Load adapter tensors into `mem`, which must have exactly these; `may_lack` names LoRA targets whose
+    tensors may be absent (they keep their initialisation)."""
     own = mem.adapter_state()
-    missing, unexpected = set(own) - set(tensors), set(tensors) - set(own)
+    missing = {k for k in set(own) - set(tensors) if not any(k.split(".")[1].endswith(f"_{t}") for t in may_lack)}
+    unexpected = set(tensors) - set(own)
     if missing or unexpected:
         raise AdapterError(f"{where}: adapter does not match the model (missing {sorted(missing)[:3]}, "
                            f"unexpected {sorted(unexpected)[:3]})")

@@ -27,18 +27,22 @@ class LoRALinear(nn.Module):
 
 def add_lora(layers: nn.ModuleList, targets: tuple[str, ...], rank: int, alpha: float,
              generator: torch.Generator | None = None) -> nn.ModuleDict:
-    """Wrap `self_attn.<target>` of every layer in a LoRALinear. Returns the adapters as a ModuleDict
-    keyed "<layer>_<target>" (so they can be saved apart from the backbone)."""
+    """Wrap `self_attn.<target>` (q/k/v/o_proj) or `mlp.<target>` (gate/up/down_proj) of every layer in a
+    LoRALinear. Returns the adapters as a ModuleDict keyed "<layer>_<target>" (so they can be saved apart
+    from the backbone)."""
     adapters = nn.ModuleDict()
     for i, layer in enumerate(layers):
         for name in targets:
-            base = getattr(layer.self_attn, name)
+            parent = layer.self_attn if hasattr(layer.self_attn, name) else layer.mlp
+            if not hasattr(parent, name):
+                raise ValueError(f"no linear {name!r} in layer {i}'s attention or MLP")
+            base = getattr(parent, name)
             if isinstance(base, LoRALinear):
                 raise ValueError(f"layer {i} {name} already has LoRA")
             # bitsandbytes 4-bit packs weights, Int8Linear keeps int8 buffers: the module has the logical shape.
             in_f, out_f = base.in_features, base.out_features
             device = next(iter([*base.parameters(), *base.buffers()])).device
             lora = LoRALinear(base, in_f, out_f, rank, alpha, generator).to(device)
-            setattr(layer.self_attn, name, lora)
+            setattr(parent, name, lora)
             adapters[f"{i}_{name}"] = lora
     return adapters

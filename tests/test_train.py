@@ -10,7 +10,7 @@ import torch
 from test_data import _make_data
 from tiny import save_tiny, tiny_lm, tiny_tokenizer
 
-from comet_core.adapter import read_adapter
+from comet_core.adapter import AdapterError, extend_adapter, read_adapter, save_adapter
 from comet_core.config import CometConfig
 from comet_core.model import CometModel
 from comet_core.train.data import Sample
@@ -47,8 +47,10 @@ def test_encode_puts_full_chunks_in_memory_and_the_rest_live():
 
 def test_gradients_reach_every_adapter_part_through_memory():
     tok = tiny_tokenizer()
-    m = CometModel.create(tiny_lm(), CometConfig(chunk_size=32, stride=4, n_global=4, budget=8, lora_rank=2))
+    m = CometModel.create(tiny_lm(), CometConfig(chunk_size=32, stride=4, n_global=4, budget=8, lora_rank=2,
+                                                 lora_targets=("q_proj", "v_proj", "down_proj")))
     params = m.mem.trainable()
+    assert "lora.1_down_proj.B" in params
     for p in params.values():
         p.requires_grad_(True)
     enc = encode(passkey_sample("12345"), tok, m.cfg, random.Random(0))
@@ -69,6 +71,28 @@ def test_gradients_reach_every_adapter_part_through_memory():
     assert torch.allclose(loss, loss2)
     for k, g in g_ckpt.items():
         torch.testing.assert_close(params[k].grad, g, atol=1e-5, rtol=1e-4)
+
+
+def test_init_adapter_can_add_lora_targets(tmp_path):
+    tok = tiny_tokenizer()
+    m = CometModel.create(tiny_lm(), CometConfig(chunk_size=32, stride=4, n_global=4, budget=8, lora_rank=2))
+    with torch.no_grad():
+        for k, p in m.mem.trainable().items():
+            if k.endswith(".B"):
+                p.normal_(std=0.5)
+    save_adapter(tmp_path / "a.safetensors", m, "fp", "tiny")
+    enc = encode(passkey_sample("12345"), tok, m.cfg, random.Random(0))
+    with torch.no_grad():
+        want, _ = sample_loss(m, enc, grad_ckpt=False)
+        big, _ = extend_adapter(tmp_path / "a.safetensors", tiny_lm(), "fp", ("q_proj", "gate_proj", "o_proj"))
+        assert big.cfg.lora_targets == ("q_proj", "v_proj", "gate_proj", "o_proj")
+        assert {"lora.0_gate_proj.B", "lora.1_o_proj.A", "lora.1_v_proj.B"} <= set(big.mem.trainable())
+        got, _ = sample_loss(big, enc, grad_ckpt=False)  # new targets start at zero: the same model
+    torch.testing.assert_close(got, want)
+    same, _ = extend_adapter(tmp_path / "a.safetensors", tiny_lm(), "fp", ("q_proj", "v_proj"))
+    assert same.cfg == m.cfg
+    with pytest.raises(AdapterError, match="fingerprint"):
+        extend_adapter(tmp_path / "a.safetensors", tiny_lm(), "other", ("gate_proj",))
 
 
 def test_curriculum_promotes_and_keeps_levels():

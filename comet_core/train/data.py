@@ -802,7 +802,7 @@ def make_recall(tokenizer: Any, n_tokens: int, rng: random.Random, split: str = 
     stream = _prose_stream(tokenizer, root, rng, split)
     context, meta = _haystack(tokenizer, n_tokens, stream, [])
     words = [(m.start(), m.group()) for m in re.finditer(r"\S+", context)]
-    n_cue, n_ans = rng.randint(5, 10), rng.randint(12, 24)
+    n_cue, n_ans = rng.randint(5, 10), rng.randint(16, 48)
     if len(words) < n_cue + n_ans:
         raise ValueError(f"n_tokens={n_tokens} is too small for a recall sample")
     i = round(d * (len(words) - n_cue - n_ans))

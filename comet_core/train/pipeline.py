@@ -371,7 +371,7 @@ def sync_grads(params: Sequence[torch.nn.Parameter], mesh: Mesh) -> None:
 # ---- the training loop -------------------------------------------------------------------------------
 def _build(args: TrainArgs, device: torch.device):
     """`trainer.build_model` on this rank's device."""
-    from ..adapter import load_adapter
+    from ..adapter import extend_adapter, load_adapter
     from ..loading import load_model, model_fingerprint
 
     loaded = load_model(args.model, precision=args.precision, device=str(device), trainable=True)
@@ -380,7 +380,7 @@ def _build(args: TrainArgs, device: torch.device):
     if args.resume and (out / "adapter.safetensors").exists():
         model, _ = load_adapter(out / "adapter.safetensors", loaded.model, fp)
     elif args.init_adapter:
-        model, _ = load_adapter(args.init_adapter, loaded.model, fp)
+        model, _ = extend_adapter(args.init_adapter, loaded.model, fp, tuple(args.lora_targets.split(",")))
     else:
         model = CometModel.create(loaded.model, args.config(), seed=args.seed)
     return loaded, model, fp

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from ..adapter import load_adapter, save_adapter
+from ..adapter import extend_adapter, load_adapter, save_adapter
 from ..config import CometConfig
 from ..memory import MemoryState
 from ..model import CometModel
@@ -51,7 +51,8 @@ class TrainArgs:
     n_global: int = 16
     budget: int = 64
     lora_rank: int = 8
-    init_adapter: str | None = None  # continue from an adapter (its settings win)
+    lora_targets: str = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"  # any of these
+    init_adapter: str | None = None  # continue from an adapter (its settings win; lora_targets may add)
     steps: int = 300
     accum: int = 4  # samples per optimizer step
     lr: float = 1e-3  # memory nets and beacon embeddings
@@ -63,7 +64,7 @@ class TrainArgs:
     promote_at: float = 0.8
     window: int = 24
     short_share: float = 0.3  # share of samples drawn from shorter levels
-    tasks: str = "passkey:0.35,recall:0.25,multi_needle:0.1,needle_qa:0.1,vartrack:0.05,lm:0.15"
+    tasks: str = "passkey:0.35,recall:0.3,multi_needle:0.1,needle_qa:0.05,vartrack:0.05,lm:0.15"
     random_plan: float = 0.2  # share of samples with random chunk sizes instead of full chunks
     seed: int = 0
     save_every: int = 10
@@ -74,7 +75,8 @@ class TrainArgs:
 
     def config(self) -> CometConfig:
         return CometConfig(chunk_size=self.chunk_size, stride=self.stride, n_global=self.n_global,
-                           budget=self.budget, lora_rank=self.lora_rank)
+                           budget=self.budget, lora_rank=self.lora_rank,
+                           lora_targets=tuple(self.lora_targets.split(",")))
 
     def task_weights(self) -> dict[str, float]:
         w = {k: float(v) for k, v in (p.split(":") for p in self.tasks.split(","))}
@@ -226,7 +228,8 @@ def build_model(args: TrainArgs):
     if args.resume and (out / "adapter.safetensors").exists():
         model, _ = load_adapter(out / "adapter.safetensors", loaded.model, model_fingerprint(loaded.model))
     elif args.init_adapter:
-        model, _ = load_adapter(args.init_adapter, loaded.model, model_fingerprint(loaded.model))
+        model, _ = extend_adapter(args.init_adapter, loaded.model, model_fingerprint(loaded.model),
+                                  tuple(args.lora_targets.split(",")))
     else:
         model = CometModel.create(loaded.model, args.config(), seed=args.seed)
     return loaded, model, model_fingerprint(loaded.model)
