@@ -33,6 +33,9 @@ _DEFAULTS = TrainArgs()
 @click.option("--budget", type=int, default=_DEFAULTS.budget, show_default=True)
 @click.option("--min-chunks", type=int, default=_DEFAULTS.min_chunks, show_default=True)
 @click.option("--max-chunks", type=int, default=_DEFAULTS.max_chunks, show_default=True)
+@click.option("--level-patience", type=int, default=_DEFAULTS.level_patience, show_default=True,
+              help="Move to the next curriculum level after this many steps at a level even if the "
+                   "exact match stays below 0.8 (0 = wait for 0.8).")
 @click.option("--tasks", default=_DEFAULTS.tasks, show_default=True, help="task:weight,... mix.")
 @click.option("--init-adapter", default=None, help="Start from this adapter (its settings win).")
 @click.option("--time-limit", "time_limit_min", type=float, default=None, help="Stop after this many minutes.")

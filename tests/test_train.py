@@ -119,6 +119,14 @@ def test_curriculum_counts_only_key_retrieval_tasks():
     assert cur.record(2, True, "passkey") and cur.level == 4
 
 
+def test_curriculum_patience_promotes_after_n_steps():
+    cur = Curriculum(level=2, max_level=4, promote_at=0.75, window=4, patience=3)
+    assert not cur.end_step() and not cur.end_step()
+    assert cur.end_step() and cur.level == 4 and cur.steps_at_level == 0
+    assert not any(cur.end_step() for _ in range(5)) and cur.level == 4  # the top level stays
+    assert not Curriculum(level=2, max_level=4, promote_at=0.75, window=4).end_step()  # 0 = never
+
+
 def test_train_saves_and_resumes(env, monkeypatch):
     monkeypatch.setenv("COMET_DATA", str(env / "data"))
     args = TrainArgs(out=str(env / "run"), model=str(env / "model"), precision="fp32", chunk_size=256,

@@ -52,7 +52,17 @@ from torch.utils.checkpoint import checkpoint
 from ..config import CometConfig
 from ..layout import ChunkLayout, build_layout, plan_layouts
 from ..model import CometModel
-from .trainer import Curriculum, Encoded, TrainArgs, _optimizer, encode, lr_at, resume_progress, save_checkpoint
+from .trainer import (
+    Curriculum,
+    Encoded,
+    TrainArgs,
+    _optimizer,
+    curriculum,
+    draw,
+    lr_at,
+    resume_progress,
+    save_checkpoint,
+)
 
 
 class PipelineError(RuntimeError):
@@ -389,6 +399,7 @@ def _build(args: TrainArgs, device: torch.device):
 @dataclass
 class _Draw:
     level: int
+    task: str
     enc: Encoded
     text_tokens: int = field(init=False)
 
@@ -399,15 +410,8 @@ class _Draw:
 def _draw(args: TrainArgs, cur: Curriculum, rng: random.Random, weights: dict[str, float], tok,
           cfg: CometConfig) -> _Draw:
     """One training sample, drawn exactly as `trainer.train` draws it."""
-    from .data import make_sample
-
-    level = cur.level
-    if level > args.min_chunks and rng.random() < args.short_share:
-        level = rng.choice([lv for lv in (2, 4, 8, 16, 32) if args.min_chunks <= lv < cur.level])
-    task = rng.choices(list(weights), list(weights.values()))[0]
-    n_ctx = rng.randint((level - 1) * cfg.chunk_size + cfg.chunk_size // 4, level * cfg.chunk_size)
-    sample = make_sample(task, tok, n_ctx, rng, "train")
-    return _Draw(level, encode(sample, tok, cfg, rng, args.random_plan))
+    level, task, enc = draw(args, cur, rng, weights, tok, cfg)
+    return _Draw(level, task, enc)
 
 
 def train_pipeline(args: TrainArgs, on_step: Callable[[dict], None] | None = None, pp: int = 1,
@@ -430,7 +434,7 @@ def train_pipeline(args: TrainArgs, on_step: Callable[[dict], None] | None = Non
     opt = _optimizer(model, args)
     params = list(model.mem.trainable().values())
     weights = args.task_weights()
-    cur = Curriculum(args.min_chunks, args.max_chunks, args.promote_at, args.window)
+    cur = curriculum(args, weights)
     rng = random.Random(args.seed)
     step, seen_tokens, elapsed0 = resume_progress(args, out, opt, model, cur, rng)
     t0, record, stop, saved_at = time.time(), {}, False, step
@@ -460,9 +464,10 @@ def train_pipeline(args: TrainArgs, on_step: Callable[[dict], None] | None = Non
             _all_reduce(stats, "step statistics")
         sync_grads(params, mesh)
         for k, s in enumerate(batch):
-            cur.record(s.level, bool(stats[4 + k] > 0))
+            cur.record(s.level, bool(stats[4 + k] > 0), s.task)
         gnorm = float(torch.nn.utils.clip_grad_norm_(params, args.clip))
         opt.step()
+        cur.end_step()
         step += 1
         seen_tokens += int(stats[2])
         stop = bool(stats[3] > 0)

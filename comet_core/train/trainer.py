@@ -63,6 +63,7 @@ class TrainArgs:
     max_chunks: int = 16
     promote_at: float = 0.8
     window: int = 24
+    level_patience: int = 0  # promote after this many steps at a level even below promote_at (0: never)
     short_share: float = 0.3  # share of samples drawn from shorter levels
     tasks: str = "passkey:0.35,recall:0.3,multi_needle:0.1,needle_qa:0.05,vartrack:0.05,lm:0.15"
     random_plan: float = 0.2  # share of samples with random chunk sizes instead of full chunks
@@ -142,6 +143,13 @@ class Curriculum:
     window: int
     recent: deque = field(default_factory=deque)
     tasks: tuple[str, ...] | None = None  # only these tasks' results count (None: all)
+    patience: int = 0  # promote after this many steps at a level whatever the rate (0: never)
+    steps_at_level: int = 0
+
+    def _promote(self) -> None:
+        self.level = min(self.level * 2, self.max_level)
+        self.recent.clear()
+        self.steps_at_level = 0
 
     def record(self, level: int, exact: bool, task: str | None = None) -> bool:
         """Record a result of `task` at `level`; returns True when the level was promoted."""
@@ -152,13 +160,38 @@ class Curriculum:
             self.recent.popleft()
         if (len(self.recent) == self.window and sum(self.recent) / self.window >= self.promote_at
                 and self.level < self.max_level):
-            self.level = min(self.level * 2, self.max_level)
-            self.recent.clear()
+            self._promote()
+            return True
+        return False
+
+    def end_step(self) -> bool:
+        """Count an optimizer step at this level; returns True when patience ran out and it promoted."""
+        self.steps_at_level += 1
+        if self.patience and self.steps_at_level >= self.patience and self.level < self.max_level:
+            self._promote()
             return True
         return False
 
     def accuracy(self) -> float:
         return sum(self.recent) / len(self.recent) if self.recent else 0.0
+
+
+def curriculum(args: TrainArgs, weights: dict[str, float]) -> Curriculum:
+    gated = tuple(t for t in GATED if weights.get(t)) or None
+    return Curriculum(args.min_chunks, args.max_chunks, args.promote_at, args.window, tasks=gated,
+                      patience=args.level_patience)
+
+
+def draw(args: TrainArgs, cur: Curriculum, rng: random.Random, weights: dict[str, float], tok,
+         cfg: CometConfig) -> tuple[int, str, Encoded]:
+    """One training sample: (level, task, encoded); a share comes from shorter levels than the current."""
+    level = cur.level
+    if level > args.min_chunks and rng.random() < args.short_share:
+        level = rng.choice([lv for lv in (2, 4, 8, 16, 32) if args.min_chunks <= lv < cur.level])
+    task = rng.choices(list(weights), list(weights.values()))[0]
+    n_ctx = rng.randint((level - 1) * cfg.chunk_size + cfg.chunk_size // 4, level * cfg.chunk_size)
+    sample = make_sample(task, tok, n_ctx, rng, "train")
+    return level, task, encode(sample, tok, cfg, rng, args.random_plan)
 
 
 def lr_at(step: int, args: TrainArgs) -> float:
@@ -215,6 +248,7 @@ def resume_progress(args: TrainArgs, out: Path, opt: torch.optim.AdamW, model: C
         return 0, 0, 0.0
     meta = _load_train_state(out / "train_state.safetensors", opt, model)
     cur.level, cur.recent = meta["level"], deque(meta["recent"])
+    cur.steps_at_level = meta.get("steps_at_level", 0)
     rng.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in meta["rng"]))
     return meta["step"], meta["seen_tokens"], meta.get("elapsed", 0.0)
 
@@ -243,8 +277,7 @@ def train(args: TrainArgs, on_step: Callable[[dict], None] | None = None) -> dic
     tok, cfg = loaded.tokenizer, model.cfg
     opt = _optimizer(model, args)
     weights = args.task_weights()
-    gated = tuple(t for t in GATED if weights.get(t)) or None
-    cur = Curriculum(args.min_chunks, args.max_chunks, args.promote_at, args.window, tasks=gated)
+    cur = curriculum(args, weights)
     rng = random.Random(args.seed)
     step, seen_tokens, elapsed0 = resume_progress(args, out, opt, model, cur, rng)
     t0, record = time.time(), {}
@@ -259,13 +292,7 @@ def train(args: TrainArgs, on_step: Callable[[dict], None] | None = None) -> dic
         loss_sum, n_tok, exact_n, text_tok = 0.0, 0, 0, 0
         per_task: dict[str, list[float]] = {}  # task -> [answer loss per token, exact] of each sample
         for _ in range(args.accum):
-            level = cur.level
-            if level > args.min_chunks and rng.random() < args.short_share:
-                level = rng.choice([lv for lv in (2, 4, 8, 16, 32) if args.min_chunks <= lv < cur.level])
-            task = rng.choices(list(weights), list(weights.values()))[0]
-            n_ctx = rng.randint((level - 1) * cfg.chunk_size + cfg.chunk_size // 4, level * cfg.chunk_size)
-            sample = make_sample(task, tok, n_ctx, rng, "train")
-            enc = encode(sample, tok, cfg, rng, args.random_plan)
+            level, task, enc = draw(args, cur, rng, weights, tok, cfg)
             # per-cell checkpointing trades ~30% more compute for flat memory: only worth it on long samples
             loss, exact = sample_loss(model, enc, args.grad_ckpt and len(enc.chunks) > args.ckpt_above)
             (loss / (enc.n_target * args.accum)).backward()
@@ -278,6 +305,7 @@ def train(args: TrainArgs, on_step: Callable[[dict], None] | None = None) -> dic
         params = list(model.mem.trainable().values())
         gnorm = float(torch.nn.utils.clip_grad_norm_(params, args.clip))
         opt.step()
+        cur.end_step()
         step += 1
         seen_tokens += text_tok
         dt = time.time() - ts
@@ -303,5 +331,6 @@ def save_checkpoint(out: Path, model, opt, base_fp, base_name, args, step, seen_
              "train_seconds": round(elapsed), "train_args": asdict(args)}
     save_adapter(out / "adapter.safetensors", model, base_fp, base_name, notes=notes)
     meta = {"step": step, "seen_tokens": seen_tokens, "level": cur.level, "recent": list(cur.recent),
+            "steps_at_level": cur.steps_at_level,
             "rng": rng.getstate(), "args": asdict(args), "elapsed": elapsed}
     _save_train_state(out / "train_state.safetensors", opt, model, meta)
