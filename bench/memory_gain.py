@@ -26,13 +26,13 @@ import torch
 
 
 def measure(adapter: str, tasks: list[str], lengths: list[int], samples: int, precision: str,
-            seed: int) -> list[dict]:
+            seed: int, model_spec: str | None = None) -> list[dict]:
     from comet_core.adapter import load_adapter
     from comet_core.loading import load_model, model_fingerprint
     from comet_core.train.data import make_sample
     from comet_core.train.trainer import Encoded, encode, sample_loss
 
-    loaded = load_model(None, precision=precision)
+    loaded = load_model(model_spec, precision=precision)
     model, _ = load_adapter(adapter, loaded.model, model_fingerprint(loaded.model))
     tok, cfg = loaded.tokenizer, model.cfg
     rows = []
@@ -69,8 +69,9 @@ def summarize(rows: list[dict]) -> list[dict]:
     return out
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=None, help="base model (default: SmolLM2-135M-Instruct)")
     ap.add_argument("--adapters", default="comet_core/adapters/smollm2.safetensors")
     ap.add_argument("--tasks", default="passkey,recall")
     ap.add_argument("--lengths", default="1024,4096")
@@ -78,12 +79,12 @@ def main() -> None:
     ap.add_argument("--precision", default="bf16")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="bench/results/memory_gain.json")
-    a = ap.parse_args()
+    a = ap.parse_args(argv)
     t0 = time.time()
     rows = []
     for adapter in a.adapters.split(","):
         rows += measure(adapter, a.tasks.split(","), [int(x) for x in a.lengths.split(",")], a.samples,
-                        a.precision, a.seed)
+                        a.precision, a.seed, a.model)
     summary = summarize(rows)
     print(f"{'task':8} {'tokens':>6} {'memory':>7} {'no mem':>7} {'window':>7} {'gain':>6} {'exact':>6}  adapter")
     for s in summary:
@@ -93,6 +94,7 @@ def main() -> None:
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps({"args": vars(a), "precision": a.precision, "seconds": round(time.time() - t0),
                                        "summary": summary, "rows": rows}, indent=1))
+    return summary
 
 
 if __name__ == "__main__":

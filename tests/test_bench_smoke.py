@@ -24,6 +24,8 @@ from bench import (  # noqa: E402
     generation,
     hw_limit,
     llamacpp,
+    memory_gain,
+    memory_probe,
     profile_read,
     scaling,
     tradeoff,
@@ -139,3 +141,28 @@ def test_prose_stream_and_sizes():
     assert len(a) == len(b) == 1000 and a != b
     assert common.parse_sizes("4k,1M,300") == [4096, 1 << 20, 300]
     assert common.fmt_size(1 << 20) == "1M" and common.fmt_size(16384) == "16k"
+
+
+def test_memory_gain_and_probe_run_on_a_tiny_adapter(tiny_env, tmp_path, monkeypatch):
+    from test_data import _make_data
+
+    from comet_core.adapter import save_adapter
+    from comet_core.config import CometConfig
+    from comet_core.loading import load_model, model_fingerprint
+    from comet_core.model import CometModel
+
+    model, _, _ = tiny_env
+    _make_data(tmp_path / "data")
+    monkeypatch.setenv("COMET_DATA", str(tmp_path / "data"))
+    lm = load_model(str(model), "bf16").model
+    cfg = CometConfig(chunk_size=64, stride=8, n_global=2, budget=8, lora_rank=2, lora_targets=("q_proj", "up_proj"))
+    save_adapter(tmp_path / "a.safetensors", CometModel.create(lm, cfg), model_fingerprint(lm), "tiny")
+    adapter = str(tmp_path / "a.safetensors")
+    summary = memory_gain.main(["--model", str(model), "--adapters", adapter, "--tasks", "passkey,recall",
+                                "--lengths", "256", "--samples", "2", "--out", str(tmp_path / "g.json")])
+    assert [(s["task"], s["n"]) for s in summary] == [("passkey", 2), ("recall", 2)]
+    assert all(s["memory"] > 0 and s["in_window"] > 0 and s["gain"] == s["no_memory"] - s["memory"] for s in summary)
+    res = memory_probe.main(["--model", str(model), "--adapter", adapter, "--length", "256", "--steps", "2",
+                             "--out", str(tmp_path / "p.json")])
+    assert res["n_chunks"] == 4 and len(res["layers"]) == 2 and len(res["curve"]) == 2
+    assert res["layers"][-1]["temp_rel"] > 0  # the two keys leave different memories
