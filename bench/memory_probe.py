@@ -81,6 +81,22 @@ def learn(model, encs, steps: int, lr: float, lora_lr: float) -> list[float]:
     return curve
 
 
+def plot(res: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(range(1, len(res["curve"]) + 1), res["curve"], label="answer loss (per token)")
+    ax.axhline(res["floor"], color="grey", linestyle="--", label=f"no-read floor ln({res['args']['keys']})/tokens")
+    ax.set(xlabel="fine-tune step", ylabel="nats", yscale="log",
+           title=f"{res['args']['keys']} keys, {res['n_chunks']} chunks in memory, depth {res['args']['depth']}")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None, help="base model (default: SmolLM2-135M-Instruct)")
@@ -117,6 +133,8 @@ def main(argv: list[str] | None = None) -> dict:
     res = {"args": vars(a), "n_chunks": len(encs[0].chunks), **wr, "floor": floor, "curve": curve,
            "seconds": round(time.time() - t0)}
     Path(a.out).write_text(json.dumps(res, indent=1))
+    if curve:
+        plot(res, Path(a.out).with_suffix(".png"))
     return res
 
 
