@@ -37,7 +37,8 @@ _DEFAULTS = TrainArgs()
               help="Move to the next curriculum level after this many steps at a level even if the "
                    "exact match stays below 0.8 (0 = wait for 0.8).")
 @click.option("--tasks", default=_DEFAULTS.tasks, show_default=True, help="task:weight,... mix.")
-@click.option("--init-adapter", default=None, help="Start from this adapter (its settings win).")
+@click.option("--init-adapter", default=None,
+              help="Start from this adapter (its settings win; --lora-targets can add targets).")
 @click.option("--time-limit", "time_limit_min", type=float, default=None, help="Stop after this many minutes.")
 @click.option("--save-every", type=int, default=_DEFAULTS.save_every, show_default=True)
 @click.option("--seed", type=int, default=_DEFAULTS.seed, show_default=True)
@@ -75,6 +76,10 @@ def train(quiet: bool, **kw) -> None:
         run_train = partial(train_pipeline, pp=pipeline)
         quiet = quiet or os.environ.get("RANK", "0") != "0"
     args = TrainArgs(**{f.name: kw[f.name] for f in fields(TrainArgs) if f.name in kw})
+    try:
+        args.check()
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
     console = Console(stderr=True)
     progress = Progress(TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                         TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),

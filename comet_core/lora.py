@@ -7,6 +7,8 @@ import math
 import torch
 from torch import nn
 
+TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")  # llama/qwen names
+
 
 class LoRALinear(nn.Module):
     """y = base(x) + (alpha / r) * B(A(x)); A, B in fp32, B zero-initialised so training starts at the base."""

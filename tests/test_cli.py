@@ -463,3 +463,13 @@ def test_real_state_roundtrip_at_4bit(tmp_path):
     assert p.returncode == OK, p.stderr.decode()
     out = json.loads(p.stdout)
     assert out["answer"].strip() and out["tokens_read"] == 0 and out["tokens_total"] > 500
+
+
+def test_train_rejects_bad_tasks_and_lora_targets(env, tmp_path):
+    for args, msg in ((["--lora-targets", "q_proj,foo"], "unknown LoRA targets ['foo']"),
+                      (["--tasks", "passkey:1,bogus:1"], "unknown tasks ['bogus']"),
+                      (["--tasks", "passkey"], "task:weight"),
+                      (["--tasks", "passkey:0"], "positive sum")):
+        p = run(["train", "--out", tmp_path / "run", *args], env)
+        assert p.returncode == 2 and msg in p.stderr.decode() and "Traceback" not in p.stderr.decode(), args
+    assert not (tmp_path / "run").exists()

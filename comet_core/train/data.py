@@ -795,8 +795,8 @@ _RECALL_QUESTIONS = (
 def make_recall(tokenizer: Any, n_tokens: int, rng: random.Random, split: str = "train",
                 depth: float | None = None) -> Sample:
     """Verbatim recall: the question quotes 5-10 words of the context (a cue at ``depth``) and the
-    answer is the 12-24 words that follow them there. Ten to twenty times the answer tokens of a passkey
-    per sample, all of them only predictable from memory beyond what the language prior guesses."""
+    answer is the 16-48 words that follow them there: about ten times a passkey's answer tokens per
+    sample, each predictable from memory beyond what the language prior guesses."""
     root = _root()
     d = _depth(rng, depth)
     stream = _prose_stream(tokenizer, root, rng, split)

@@ -32,6 +32,7 @@ from safetensors.torch import save as st_save
 
 from ..adapter import extend_adapter, load_adapter, save_adapter
 from ..config import CometConfig
+from ..lora import TARGETS as LORA_TARGETS
 from ..memory import MemoryState
 from ..model import CometModel
 from ..prompt import end_of_turn_id, question_ids
@@ -79,11 +80,23 @@ class TrainArgs:
                            budget=self.budget, lora_rank=self.lora_rank,
                            lora_targets=tuple(self.lora_targets.split(",")))
 
+    def check(self) -> None:
+        """Raise ValueError on an unknown task or LoRA target (before any model is loaded)."""
+        self.task_weights()
+        bad = set(self.lora_targets.split(",")) - set(LORA_TARGETS)
+        if bad:
+            raise ValueError(f"unknown LoRA targets {sorted(bad)}; choose from {','.join(LORA_TARGETS)}")
+
     def task_weights(self) -> dict[str, float]:
-        w = {k: float(v) for k, v in (p.split(":") for p in self.tasks.split(","))}
+        try:
+            w = {k.strip(): float(v) for k, v in (p.split(":") for p in self.tasks.split(","))}
+        except ValueError:
+            raise ValueError(f"--tasks wants task:weight,... (e.g. passkey:0.5,lm:0.5), got {self.tasks!r}") from None
         bad = set(w) - set(TASKS)
         if bad:
-            raise ValueError(f"unknown tasks {sorted(bad)}; choose from {TASKS}")
+            raise ValueError(f"unknown tasks {sorted(bad)}; choose from {','.join(TASKS)}")
+        if any(v < 0 for v in w.values()) or sum(w.values()) <= 0:
+            raise ValueError(f"task weights must be >= 0 with a positive sum, got {self.tasks!r}")
         return w
 
 
