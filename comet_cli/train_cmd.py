@@ -68,7 +68,8 @@ def train(quiet: bool, **kw) -> None:
     pipeline = kw.pop("pipeline")
     local_procs = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_procs))
-    if pipeline > 1 or int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under torchrun
+    distributed = pipeline > 1 or int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if distributed:  # under torchrun
         from functools import partial
 
         from comet_core.train.pipeline import train_pipeline
@@ -103,7 +104,9 @@ def train(quiet: bool, **kw) -> None:
         sys.stderr.flush()
         os._exit(1)
     except KeyboardInterrupt:
-        click.echo(f"interrupted: continue with `comet train --out {args.out} --resume`", err=True)
+        kept = (f"steps since the last checkpoint (every {args.save_every}) are lost" if distributed
+                else "every completed step is saved")
+        click.echo(f"interrupted ({kept}): continue with `comet train --out {args.out} --resume`", err=True)
         sys.exit(130)
     if os.environ.get("RANK", "0") == "0":
         click.echo(f"saved {args.out}/adapter.safetensors after step {last.get('step')}", err=True)

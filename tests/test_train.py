@@ -142,6 +142,23 @@ def test_train_saves_and_resumes(env, monkeypatch):
     assert [r["step"] for r in log] == [1, 2, 3]
 
 
+def test_ctrl_c_keeps_every_completed_step(env, monkeypatch):
+    monkeypatch.setenv("COMET_DATA", str(env / "data"))
+    args = TrainArgs(out=str(env / "run_int"), model=str(env / "model"), precision="fp32", chunk_size=256,
+                     n_global=4, budget=16, lora_rank=2, steps=20, accum=1, save_every=10, warmup=1)
+
+    def interrupt(record: dict) -> None:
+        if record["step"] == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(args, on_step=interrupt)
+    meta, _ = read_adapter(env / "run_int" / "adapter.safetensors")
+    assert meta["notes"]["trained_steps"] == 3  # saved at the interrupt, not only every 10 steps
+    args.steps, args.resume = 4, True
+    assert train(args)["step"] == 4
+
+
 def test_lm_sample_with_context_filling_whole_chunks_still_has_a_token_to_predict_from():
     tok = tiny_tokenizer()
     cfg = CometConfig(chunk_size=32, stride=4, n_global=4, budget=8)

@@ -294,45 +294,54 @@ def train(args: TrainArgs, on_step: Callable[[dict], None] | None = None) -> dic
     rng = random.Random(args.seed)
     step, seen_tokens, elapsed0 = resume_progress(args, out, opt, model, cur, rng)
     t0, record = time.time(), {}
-    while step < args.steps:
-        if args.time_limit_min and time.time() - t0 > 60 * args.time_limit_min:
-            break
-        ts = time.time()
-        mult = lr_at(step, args)
-        for g in opt.param_groups:
-            g["lr"] = g["base_lr"] * mult
-        opt.zero_grad(set_to_none=True)
-        loss_sum, n_tok, exact_n, text_tok = 0.0, 0, 0, 0
-        per_task: dict[str, list[float]] = {}  # task -> [answer loss per token, exact] of each sample
-        for _ in range(args.accum):
-            level, task, enc = draw(args, cur, rng, weights, tok, cfg)
-            # per-cell checkpointing trades ~30% more compute for flat memory: only worth it on long samples
-            loss, exact = sample_loss(model, enc, args.grad_ckpt and len(enc.chunks) > args.ckpt_above)
-            (loss / (enc.n_target * args.accum)).backward()
-            loss_sum += loss.item()
-            n_tok += enc.n_target
-            exact_n += exact
-            text_tok += sum(map(len, enc.chunks)) + len(enc.live)
-            per_task.setdefault(task, []).append([round(loss.item() / enc.n_target, 4), int(exact)])
-            cur.record(level, exact, task)
-        params = list(model.mem.trainable().values())
-        gnorm = float(torch.nn.utils.clip_grad_norm_(params, args.clip))
-        opt.step()
-        cur.end_step()
-        step += 1
-        seen_tokens += text_tok
-        dt = time.time() - ts
-        record = {"step": step, "loss": loss_sum / max(1, n_tok), "exact": exact_n / args.accum,
-                  "level": cur.level, "level_acc": cur.accuracy(), "grad_norm": gnorm, "lr_mult": mult,
-                  "tokens_per_s": text_tok / dt, "seen_tokens": seen_tokens, "step_s": dt,
-                  "elapsed": elapsed0 + time.time() - t0, "tasks": per_task}
-        with open(out / "log.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
-        if on_step:
-            on_step(record)
-        if step % args.save_every == 0 or step == args.steps:
+    stepping = False  # True while the weights are between two completed steps
+    try:
+        while step < args.steps:
+            if args.time_limit_min and time.time() - t0 > 60 * args.time_limit_min:
+                break
+            ts = time.time()
+            mult = lr_at(step, args)
+            for g in opt.param_groups:
+                g["lr"] = g["base_lr"] * mult
+            opt.zero_grad(set_to_none=True)
+            loss_sum, n_tok, exact_n, text_tok = 0.0, 0, 0, 0
+            per_task: dict[str, list[float]] = {}  # task -> [answer loss per token, exact] of each sample
+            for _ in range(args.accum):
+                level, task, enc = draw(args, cur, rng, weights, tok, cfg)
+                # per-cell checkpointing trades ~30% more compute for flat memory: only worth it on long samples
+                loss, exact = sample_loss(model, enc, args.grad_ckpt and len(enc.chunks) > args.ckpt_above)
+                (loss / (enc.n_target * args.accum)).backward()
+                loss_sum += loss.item()
+                n_tok += enc.n_target
+                exact_n += exact
+                text_tok += sum(map(len, enc.chunks)) + len(enc.live)
+                per_task.setdefault(task, []).append([round(loss.item() / enc.n_target, 4), int(exact)])
+                cur.record(level, exact, task)
+            params = list(model.mem.trainable().values())
+            gnorm = float(torch.nn.utils.clip_grad_norm_(params, args.clip))
+            stepping = True
+            opt.step()
+            cur.end_step()
+            step += 1
+            seen_tokens += text_tok
+            stepping = False
+            dt = time.time() - ts
+            record = {"step": step, "loss": loss_sum / max(1, n_tok), "exact": exact_n / args.accum,
+                      "level": cur.level, "level_acc": cur.accuracy(), "grad_norm": gnorm, "lr_mult": mult,
+                      "tokens_per_s": text_tok / dt, "seen_tokens": seen_tokens, "step_s": dt,
+                      "elapsed": elapsed0 + time.time() - t0, "tasks": per_task}
+            with open(out / "log.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+            if on_step:
+                on_step(record)
+            if step % args.save_every == 0 or step == args.steps:
+                save_checkpoint(out, model, opt, base_fp, loaded.name, args, step, seen_tokens, cur, rng,
+                                elapsed0 + time.time() - t0)
+    except KeyboardInterrupt:  # Ctrl-C: keep every completed step (not one cut inside opt.step())
+        if not stepping:
             save_checkpoint(out, model, opt, base_fp, loaded.name, args, step, seen_tokens, cur, rng,
                             elapsed0 + time.time() - t0)
+        raise
     save_checkpoint(out, model, opt, base_fp, loaded.name, args, step, seen_tokens, cur, rng,
                     elapsed0 + time.time() - t0)
     return record
