@@ -35,6 +35,7 @@ def measure(adapter: str, tasks: list[str], lengths: list[int], samples: int, pr
     loaded = load_model(model_spec, precision=precision)
     model, _ = load_adapter(adapter, loaded.model, model_fingerprint(loaded.model))
     tok, cfg = loaded.tokenizer, model.cfg
+    window = int(loaded.model.config.max_position_embeddings)  # as comet_core.evaluate's full attention
     rows = []
     with torch.no_grad():
         for task in tasks:
@@ -49,7 +50,7 @@ def measure(adapter: str, tasks: list[str], lengths: list[int], samples: int, pr
                     none, _ = sample_loss(model, Encoded([], e.live, nt))
                     row = {"adapter": adapter, "task": task, "length": n, "sample": i, "depth": depth,
                            "memory": mem.item() / nt, "no_memory": none.item() / nt, "exact": exact}
-                    if n + len(e.live) <= 8192:
+                    if n + len(e.live) <= window:
                         full, _ = sample_loss(model, Encoded([], sum(e.chunks, []) + e.live, nt))
                         row["in_window"] = full.item() / nt
                     rows.append(row)

@@ -52,31 +52,18 @@ def read_adapter(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]
     return meta, tensors
 
 
-def load_adapter(path: str | os.PathLike, lm: torch.nn.Module, base_fingerprint: str | None = None
-                 ) -> tuple[CometModel, dict]:
-    """Build a CometModel from `lm` and an adapter file. Checks the base-model fingerprint if given."""
+def load_adapter(path: str | os.PathLike, lm: torch.nn.Module, base_fingerprint: str | None = None,
+                 add_lora_targets: tuple[str, ...] = ()) -> tuple[CometModel, dict]:
+    """Build a CometModel from `lm` and an adapter file. Checks the base-model fingerprint if given.
+    `add_lora_targets`: LoRA targets the adapter lacks get LoRA too, starting with B = 0, so the model
+    computes exactly what the adapter did (to train further with LoRA on more linears)."""
     meta, tensors = read_adapter(path)
     if base_fingerprint is not None and meta["base_fingerprint"] != base_fingerprint:
         raise AdapterError(f"{path}: adapter was trained for {meta.get('base_model')} "
                            f"(fingerprint {meta['base_fingerprint'][:12]}), not this model "
                            f"({base_fingerprint[:12]})")
     cfg = CometConfig.from_dict(meta["config"])
-    model = CometModel.create(lm, cfg)
-    load_memory_tensors(model.mem, tensors, str(path))
-    return model, meta
-
-
-def extend_adapter(path: str | os.PathLike, lm: torch.nn.Module, base_fingerprint: str,
-                   lora_targets: tuple[str, ...]) -> tuple[CometModel, dict]:
-    """Load an adapter to train further with LoRA on more linears: the new targets start with B = 0, so
-    the model computes exactly what the adapter did (its other settings are kept)."""
-    meta, tensors = read_adapter(path)
-    cfg = CometConfig.from_dict(meta["config"])
-    new = tuple(t for t in lora_targets if t not in cfg.lora_targets)
-    if not new or cfg.lora_rank == 0:
-        return load_adapter(path, lm, base_fingerprint)
-    if meta["base_fingerprint"] != base_fingerprint:
-        return load_adapter(path, lm, base_fingerprint)  # raises the mismatch error
+    new = tuple(t for t in add_lora_targets if t not in cfg.lora_targets) if cfg.lora_rank else ()
     model = CometModel.create(lm, replace(cfg, lora_targets=cfg.lora_targets + new))
     load_memory_tensors(model.mem, tensors, str(path), may_lack=new)
     return model, meta

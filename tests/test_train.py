@@ -10,7 +10,7 @@ import torch
 from test_data import _make_data
 from tiny import save_tiny, tiny_lm, tiny_tokenizer
 
-from comet_core.adapter import AdapterError, extend_adapter, read_adapter, save_adapter
+from comet_core.adapter import AdapterError, load_adapter, read_adapter, save_adapter
 from comet_core.config import CometConfig
 from comet_core.model import CometModel
 from comet_core.train.data import Sample
@@ -84,15 +84,16 @@ def test_init_adapter_can_add_lora_targets(tmp_path):
     enc = encode(passkey_sample("12345"), tok, m.cfg, random.Random(0))
     with torch.no_grad():
         want, _ = sample_loss(m, enc, grad_ckpt=False)
-        big, _ = extend_adapter(tmp_path / "a.safetensors", tiny_lm(), "fp", ("q_proj", "gate_proj", "o_proj"))
+        big, _ = load_adapter(tmp_path / "a.safetensors", tiny_lm(), "fp",
+                              add_lora_targets=("q_proj", "gate_proj", "o_proj"))
         assert big.cfg.lora_targets == ("q_proj", "v_proj", "gate_proj", "o_proj")
         assert {"lora.0_gate_proj.B", "lora.1_o_proj.A", "lora.1_v_proj.B"} <= set(big.mem.trainable())
         got, _ = sample_loss(big, enc, grad_ckpt=False)  # new targets start at zero: the same model
     torch.testing.assert_close(got, want)
-    same, _ = extend_adapter(tmp_path / "a.safetensors", tiny_lm(), "fp", ("q_proj", "v_proj"))
+    same, _ = load_adapter(tmp_path / "a.safetensors", tiny_lm(), "fp", add_lora_targets=("q_proj", "v_proj"))
     assert same.cfg == m.cfg
     with pytest.raises(AdapterError, match="fingerprint"):
-        extend_adapter(tmp_path / "a.safetensors", tiny_lm(), "other", ("gate_proj",))
+        load_adapter(tmp_path / "a.safetensors", tiny_lm(), "other", add_lora_targets=("gate_proj",))
 
 
 def test_curriculum_promotes_and_keeps_levels():

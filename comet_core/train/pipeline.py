@@ -53,7 +53,6 @@ from ..config import CometConfig
 from ..layout import ChunkLayout, build_layout, plan_layouts
 from ..model import CometModel
 from .trainer import (
-    Curriculum,
     Encoded,
     TrainArgs,
     _optimizer,
@@ -381,7 +380,7 @@ def sync_grads(params: Sequence[torch.nn.Parameter], mesh: Mesh) -> None:
 # ---- the training loop -------------------------------------------------------------------------------
 def _build(args: TrainArgs, device: torch.device):
     """`trainer.build_model` on this rank's device."""
-    from ..adapter import extend_adapter, load_adapter
+    from ..adapter import load_adapter
     from ..loading import load_model, model_fingerprint
 
     loaded = load_model(args.model, precision=args.precision, device=str(device), trainable=True)
@@ -390,7 +389,7 @@ def _build(args: TrainArgs, device: torch.device):
     if args.resume and (out / "adapter.safetensors").exists():
         model, _ = load_adapter(out / "adapter.safetensors", loaded.model, fp)
     elif args.init_adapter:
-        model, _ = extend_adapter(args.init_adapter, loaded.model, fp, tuple(args.lora_targets.split(",")))
+        model, _ = load_adapter(args.init_adapter, loaded.model, fp, add_lora_targets=args.config().lora_targets)
     else:
         model = CometModel.create(loaded.model, args.config(), seed=args.seed)
     return loaded, model, fp
@@ -398,6 +397,8 @@ def _build(args: TrainArgs, device: torch.device):
 
 @dataclass
 class _Draw:
+    """One training sample, drawn exactly as `trainer.train` draws it."""
+
     level: int
     task: str
     enc: Encoded
@@ -405,13 +406,6 @@ class _Draw:
 
     def __post_init__(self) -> None:
         self.text_tokens = sum(map(len, self.enc.chunks)) + len(self.enc.live)
-
-
-def _draw(args: TrainArgs, cur: Curriculum, rng: random.Random, weights: dict[str, float], tok,
-          cfg: CometConfig) -> _Draw:
-    """One training sample, drawn exactly as `trainer.train` draws it."""
-    level, task, enc = draw(args, cur, rng, weights, tok, cfg)
-    return _Draw(level, task, enc)
 
 
 def train_pipeline(args: TrainArgs, on_step: Callable[[dict], None] | None = None, pp: int = 1,
@@ -444,7 +438,7 @@ def train_pipeline(args: TrainArgs, on_step: Callable[[dict], None] | None = Non
         for g in opt.param_groups:
             g["lr"] = g["base_lr"] * mult
         opt.zero_grad(set_to_none=True)
-        batch = [_draw(args, cur, rng, weights, tok, cfg) for _ in range(args.accum * mesh.dp)]
+        batch = [_Draw(*draw(args, cur, rng, weights, tok, cfg)) for _ in range(args.accum * mesh.dp)]
         # stats: loss sum, answer tokens, text tokens, stop flag, then one exact flag per sample
         stats = torch.zeros(4 + len(batch), dtype=torch.float64, device=mesh.device)
         busy, wall = 0.0, 0.0

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from ..adapter import extend_adapter, load_adapter, save_adapter
+from ..adapter import load_adapter, save_adapter
 from ..config import CometConfig
 from ..lora import TARGETS as LORA_TARGETS
 from ..memory import MemoryState
@@ -275,8 +275,8 @@ def build_model(args: TrainArgs):
     if args.resume and (out / "adapter.safetensors").exists():
         model, _ = load_adapter(out / "adapter.safetensors", loaded.model, model_fingerprint(loaded.model))
     elif args.init_adapter:
-        model, _ = extend_adapter(args.init_adapter, loaded.model, model_fingerprint(loaded.model),
-                                  tuple(args.lora_targets.split(",")))
+        model, _ = load_adapter(args.init_adapter, loaded.model, model_fingerprint(loaded.model),
+                                add_lora_targets=args.config().lora_targets)
     else:
         model = CometModel.create(loaded.model, args.config(), seed=args.seed)
     return loaded, model, model_fingerprint(loaded.model)
@@ -311,11 +311,12 @@ def train(args: TrainArgs, on_step: Callable[[dict], None] | None = None) -> dic
                 # per-cell checkpointing trades ~30% more compute for flat memory: only worth it on long samples
                 loss, exact = sample_loss(model, enc, args.grad_ckpt and len(enc.chunks) > args.ckpt_above)
                 (loss / (enc.n_target * args.accum)).backward()
-                loss_sum += loss.item()
+                value = loss.item()
+                loss_sum += value
                 n_tok += enc.n_target
                 exact_n += exact
                 text_tok += sum(map(len, enc.chunks)) + len(enc.live)
-                per_task.setdefault(task, []).append([round(loss.item() / enc.n_target, 4), int(exact)])
+                per_task.setdefault(task, []).append([round(value / enc.n_target, 4), int(exact)])
                 cur.record(level, exact, task)
             params = list(model.mem.trainable().values())
             gnorm = float(torch.nn.utils.clip_grad_norm_(params, args.clip))
