@@ -37,6 +37,9 @@ _DEFAULTS = TrainArgs()
               help="Move to the next curriculum level after this many steps at a level even if the "
                    "exact match stays below 0.8 (0 = wait for 0.8).")
 @click.option("--tasks", default=_DEFAULTS.tasks, show_default=True, help="task:weight,... mix.")
+@click.option("--in-memory", type=float, default=_DEFAULTS.in_memory, show_default=True,
+              help="Share of passkey and recall samples whose needle is put in text read into memory, "
+                   "never in the live chunk (the rest: any depth).")
 @click.option("--init-adapter", default=None,
               help="Start from this adapter (its settings win; --lora-targets can add targets).")
 @click.option("--time-limit", "time_limit_min", type=float, default=None, help="Stop after this many minutes.")

@@ -638,7 +638,8 @@ def make_passkey(tokenizer: Any, n_tokens: int, rng: random.Random, split: str =
     question = rng.choice(_PASSKEY_QUESTIONS)
     stream = _prose_stream(tokenizer, root, rng, split)
     context, meta = _haystack(tokenizer, n_tokens, stream, [_Insert(d, needle)], intro)
-    meta.update(depth=meta["depths"][0], needle=needle, requested_depth=d)
+    meta.update(depth=meta["depths"][0], needle=needle, requested_depth=d,
+                needle_end=meta["char_positions"][0] + len(needle))
     return Sample(context, question, key, "passkey", [key], meta)
 
 
@@ -808,7 +809,9 @@ def make_recall(tokenizer: Any, n_tokens: int, rng: random.Random, split: str = 
     i = round(d * (len(words) - n_cue - n_ans))
     cue = " ".join(w for _, w in words[i:i + n_cue])
     answer = " ".join(w for _, w in words[i + n_cue:i + n_cue + n_ans])
-    meta.update(depth=words[i][0] / max(1, len(context)), cue=cue, requested_depth=d)
+    last = words[i + n_cue + n_ans - 1]
+    meta.update(depth=words[i][0] / max(1, len(context)), cue=cue, requested_depth=d,
+                needle_end=last[0] + len(last[1]))
     return Sample(context, rng.choice(_RECALL_QUESTIONS).format(cue=cue), answer, "recall", [answer], meta)
 
 

@@ -40,6 +40,7 @@ from ..state_io import atomic_write
 from .data import TASKS, make_sample
 
 GATED = ("passkey", "multi_needle", "vartrack")  # tasks whose exact match decides promotion
+IN_MEMORY_TASKS = ("passkey", "recall")  # tasks whose needle `in_memory` can keep out of the live chunk
 
 
 @dataclass
@@ -68,6 +69,7 @@ class TrainArgs:
     short_share: float = 0.3  # share of samples drawn from shorter levels
     tasks: str = "passkey:0.35,recall:0.3,multi_needle:0.1,needle_qa:0.05,vartrack:0.05,lm:0.15"
     random_plan: float = 0.2  # share of samples with random chunk sizes instead of full chunks
+    in_memory: float = 0.8  # share of passkey/recall samples whose needle lies in text read into memory
     seed: int = 0
     save_every: int = 10
     time_limit_min: float | None = None
@@ -83,6 +85,8 @@ class TrainArgs:
     def check(self) -> None:
         """Raise ValueError on an unknown task or LoRA target (before any model is loaded)."""
         self.task_weights()
+        if not 0.0 <= self.in_memory <= 1.0:
+            raise ValueError(f"--in-memory is a share in [0, 1], got {self.in_memory}")
         bad = set(self.lora_targets.split(",")) - set(LORA_TARGETS)
         if bad:
             raise ValueError(f"unknown LoRA targets {sorted(bad)}; choose from {','.join(LORA_TARGETS)}")
@@ -197,14 +201,27 @@ def curriculum(args: TrainArgs, weights: dict[str, float]) -> Curriculum:
 
 def draw(args: TrainArgs, cur: Curriculum, rng: random.Random, weights: dict[str, float], tok,
          cfg: CometConfig) -> tuple[int, str, Encoded]:
-    """One training sample: (level, task, encoded); a share comes from shorter levels than the current."""
+    """One training sample: (level, task, encoded); a share comes from shorter levels than the current.
+
+    A needle at a uniform depth lands in the live chunk (where plain attention finds it) a quarter of the
+    time at level 2; `in_memory` of the passkey and recall samples keep it (and for recall the whole
+    answer) in the text read into memory, so they can only be answered by reading the memory."""
     level = cur.level
     if level > args.min_chunks and rng.random() < args.short_share:
         level = rng.choice([lv for lv in (2, 4, 8, 16, 32) if args.min_chunks <= lv < cur.level])
     task = rng.choices(list(weights), list(weights.values()))[0]
     n_ctx = rng.randint((level - 1) * cfg.chunk_size + cfg.chunk_size // 4, level * cfg.chunk_size)
-    sample = make_sample(task, tok, n_ctx, rng, "train")
-    return level, task, encode(sample, tok, cfg, rng, args.random_plan)
+    if task not in IN_MEMORY_TASKS or rng.random() >= args.in_memory:
+        return level, task, encode(make_sample(task, tok, n_ctx, rng, "train"), tok, cfg, rng, args.random_plan)
+    depth = rng.random() * (n_ctx // cfg.chunk_size * cfg.chunk_size) / n_ctx  # within the full chunks
+    for _ in range(8):
+        sample = make_sample(task, tok, n_ctx, rng, "train", depth=depth)
+        enc = encode(sample, tok, cfg, rng, args.random_plan)
+        needle = len(tok.encode(sample.context[:sample.meta["needle_end"]], add_special_tokens=False))
+        if needle <= sum(map(len, enc.chunks)):  # every needle token is read into memory
+            break
+        depth /= 2  # an intro, the needle's length or a random plan pushed it live: move it up
+    return level, task, enc
 
 
 def lr_at(step: int, args: TrainArgs) -> float:
