@@ -469,7 +469,8 @@ def test_train_rejects_bad_tasks_and_lora_targets(env, tmp_path):
     for args, msg in ((["--lora-targets", "q_proj,foo"], "unknown LoRA targets ['foo']"),
                       (["--tasks", "passkey:1,bogus:1"], "unknown tasks ['bogus']"),
                       (["--tasks", "passkey"], "task:weight"),
-                      (["--tasks", "passkey:0"], "positive sum")):
+                      (["--tasks", "passkey:0"], "positive sum"),
+                      (["--in-memory", "1.5"], "--in-memory is a share in [0, 1]")):
         p = run(["train", "--out", tmp_path / "run", *args], env)
         assert p.returncode == 2 and msg in p.stderr.decode() and "Traceback" not in p.stderr.decode(), args
     assert not (tmp_path / "run").exists()

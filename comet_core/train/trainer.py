@@ -221,7 +221,7 @@ def draw(args: TrainArgs, cur: Curriculum, rng: random.Random, weights: dict[str
         if needle <= sum(map(len, enc.chunks)):  # every needle token is read into memory
             break
         depth /= 2  # an intro, the needle's length or a random plan pushed it live: move it up
-    return level, task, enc
+    return level, task, enc  # (after 8 tries, at a depth near 0, the last sample is kept as it is)
 
 
 def lr_at(step: int, args: TrainArgs) -> float:
