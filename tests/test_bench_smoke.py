@@ -26,6 +26,7 @@ from bench import (  # noqa: E402
     llamacpp,
     memory_gain,
     memory_probe,
+    needle_leaks,
     profile_read,
     scaling,
     tradeoff,
@@ -166,3 +167,18 @@ def test_memory_gain_and_probe_run_on_a_tiny_adapter(tiny_env, tmp_path, monkeyp
                              "--out", str(tmp_path / "p.json")])
     assert res["n_chunks"] == 4 and len(res["layers"]) == 2 and len(res["curve"]) == 2
     assert res["layers"][-1]["temp_rel"] > 0  # the two keys leave different memories
+
+
+@pytest.mark.parametrize("task", ["passkey", "recall"])
+def test_in_memory_keeps_the_needle_out_of_the_live_chunk(tmp_path, monkeypatch, task):
+    from test_data import _make_data
+    from tiny import tiny_tokenizer
+
+    from comet_core.config import CometConfig
+
+    _make_data(tmp_path / "data")
+    monkeypatch.setenv("COMET_DATA", str(tmp_path / "data"))
+    tok, cfg = tiny_tokenizer(), CometConfig(chunk_size=256, n_global=4, budget=16)
+    levels = [2, 2, 2, 4, 4] * 6
+    assert needle_leaks.leaks(1.0, task, levels, tok, cfg, random_plan=0.5) == 0
+    assert needle_leaks.leaks(0.0, task, levels, tok, cfg, random_plan=0.5) > 0  # the check can see them
