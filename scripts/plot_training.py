@@ -64,6 +64,17 @@ def main(runs: list[str], out: str, n: int = 20) -> None:
     fig.savefig(out, dpi=110)
     last, loss = rows[-1], smooth([r["loss"] for r in rows], n)[-1]
     print(f"{len(rows)} steps, {last['seen_tokens']} tokens, final mean loss {loss:.3f}, level {last['level']}")
+    for i in range(len(runs)):  # per run and task: mean answer loss / exact match, whole run and last 100 steps
+        run = [r for r in rows if r["run"] == i]
+        for label, part in (("whole run", run), ("last", run[-100:])):
+            res: dict[str, list] = {}
+            for r in part:
+                for task, results in r.get("tasks", {}).items():
+                    res.setdefault(task, []).extend(results)
+            cells = [f"{t} {sum(x[0] for x in v) / len(v):.2f}/{sum(x[1] for x in v) / len(v):.2f}"
+                     for t, v in sorted(res.items())]
+            if cells:
+                print(f"run {i + 1} ({label}, {len(part)} steps), answer loss/exact: {', '.join(cells)}")
 
 
 if __name__ == "__main__":
