@@ -29,7 +29,7 @@ def measure(adapter: str, tasks: list[str], lengths: list[int], samples: int, pr
             seed: int, model_spec: str | None = None) -> list[dict]:
     from comet_core.adapter import load_adapter
     from comet_core.loading import load_model, model_fingerprint
-    from comet_core.train.data import make_sample
+    from comet_core.tasks import make_sample
     from comet_core.train.trainer import Encoded, encode, sample_loss
 
     loaded = load_model(model_spec, precision=precision)

@@ -26,7 +26,7 @@ KEYS = ("48213", "90577", "31649", "76402", "15938", "62084", "83751", "27460")
 
 
 def samples(tok, cfg, n_keys: int, length: int, depth: float, seed: int):
-    from comet_core.train.data import Sample, make_sample
+    from comet_core.tasks import Sample, make_sample
     from comet_core.train.trainer import encode
 
     base = make_sample("passkey", tok, length, random.Random(seed), "eval", depth=depth)

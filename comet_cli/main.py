@@ -21,11 +21,12 @@ from datetime import UTC, datetime
 import click
 
 from comet_core import __version__
+from comet_core.config import PRECISIONS
+from comet_core.errors import CometError
 
 from .live import Display, LiveDisplay, Stats, fmt_bytes, fmt_duration, fmt_int, make_display, peak_rss_bytes
-from .session import CliError, ReadJob, Stopped, abspath, answer_stream, check_writable, load_engine, open_inputs
+from .session import ReadJob, abspath, check_writable, load_engine, open_inputs
 
-PRECISIONS = ("4bit", "8bit", "bf16", "fp32")
 EXIT_INTERRUPTED, EXIT_PIPE = 130, 141
 _debug = bool(os.environ.get("COMET_DEBUG"))
 
@@ -38,10 +39,18 @@ def _err(msg: str) -> None:
         pass
 
 
-class CometError(click.ClickException):
+def _err_line(line: str) -> None:
+    try:
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+
+
+class OneLineError(click.ClickException):
     """One line on stderr, exit 1."""
 
-    def show(self, file=None) -> None:
+    def show(self, file=None) -> None:  # (CometGroup.main prints it; this is for click's own paths)
         _err(f"error: {self.message}")
 
 
@@ -84,9 +93,27 @@ class CometGroup(click.Group):
         with formatter.section("Commands"):
             formatter.write_dl(rows)
 
-    def invoke(self, ctx: click.Context):
-        from comet_core.sources import SourceError
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        """click's main, with every error in one format: `comet: error: <message>` on stderr, exit 1; a
+        usage error adds the usage line and exits 2."""
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.UsageError as e:
+            _err(f"error: {e.format_message()}")
+            if e.ctx is not None:
+                usage = e.ctx.get_usage().removeprefix("Usage: ")
+                _err_line(f"Usage: {usage}  ({e.ctx.command_path} --help for more)")
+            sys.exit(e.exit_code)
+        except click.ClickException as e:
+            _err(f"error: {e.format_message()}")
+            sys.exit(e.exit_code)
+        except click.Abort:
+            _show_cursor()
+            _err("interrupted")
+            sys.exit(EXIT_INTERRUPTED)
+        sys.exit(rv if isinstance(rv, int) else 0)
 
+    def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except (click.ClickException, click.exceptions.Exit, click.Abort):
@@ -98,18 +125,16 @@ class CometGroup(click.Group):
         except BrokenPipeError:
             _silence_stdout()
             raise click.exceptions.Exit(EXIT_PIPE) from None
-        except (CliError, SourceError) as e:
-            raise CometError(str(e)) from None
+        except CometError as e:
+            raise OneLineError(str(e)) from None
         except Exception as e:
-            if type(e).__name__ == "StateError":
-                raise CometError(str(e)) from None
             if isinstance(e, MemoryError) or "out of memory" in str(e).lower():
-                raise CometError("out of memory (try a smaller --precision, or a machine with more memory)") \
+                raise OneLineError("out of memory (try a smaller --precision, or a machine with more memory)") \
                     from None
             if _debug:
                 traceback.print_exc()
             msg = " ".join(str(e).split())[:300]
-            raise CometError(f"internal error: {type(e).__name__}: {msg} (COMET_DEBUG=1 shows the traceback)") \
+            raise OneLineError(f"internal error: {type(e).__name__}: {msg} (COMET_DEBUG=1 shows the traceback)") \
                 from None
 
 
@@ -194,6 +219,10 @@ def answer_options(f):
     @click.option("--top-p", type=click.FloatRange(0.0, 1.0, min_open=True), default=1.0, show_default=True,
                   help="Nucleus sampling mass (with --temperature > 0).")
     @click.option("--seed", type=int, help="Sampling seed (with --temperature > 0).")
+    @click.option("--priming", type=click.IntRange(0), metavar="N",
+                  help="Text tokens that stay in the live chunk before the question; the rest of the unread "
+                       "tail goes through memory first. Default: what the adapter was trained with (0 for "
+                       "the shipped one: the question alone meets the memory).")
     @functools.wraps(f)
     def wrapper(*args, **kwargs):
         return f(*args, **kwargs)
@@ -227,6 +256,7 @@ class Opts:
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int | None = None
+    priming: int | None = None
     as_json: bool = False
     quiet: bool = False
     verbose: bool = False
@@ -298,12 +328,7 @@ def info(state: str, as_json: bool, quiet: bool, verbose: bool) -> None:
     """What a saved memory holds: model, settings, sources read, tokens, size on disk."""
     from comet_core.state_io import read_meta
 
-    try:
-        meta, tensors = read_meta(state)
-    except Exception as e:
-        if type(e).__name__ == "StateError":
-            raise CometError(str(e)) from None
-        raise
+    meta, tensors = read_meta(state)
     size = os.path.getsize(state)
     memory_bytes = sum(t.numel() * t.element_size() for k, t in tensors.items() if k in ("global_state", "temp"))
     tokens, pending = meta.get("tokens", 0), meta.get("pending_tokens", 0)
@@ -415,6 +440,7 @@ def run(command: str, paths: list[str], question: str | None, o: Opts) -> None:
     if o.save:
         check_writable(o.save, inputs)
 
+    from comet_core.reader import Interrupted
     from comet_core.state_io import load_state, read_meta, save_state
 
     start_file, resume, base = plan_start([i.key for i in inputs], o, display)
@@ -423,7 +449,7 @@ def run(command: str, paths: list[str], question: str | None, o: Opts) -> None:
     if rec is not None and resume is None:
         display.warn(f"{start_file} holds an interrupted read; using what was read before the interruption")
     if o.precision and start_meta.get("precision") and o.precision != start_meta["precision"]:
-        raise CliError(f"{start_file}: state was made at precision {start_meta['precision']}; use it at that "
+        raise CometError(f"{start_file}: state was made at precision {start_meta['precision']}; use it at that "
                        f"precision (omit --precision)")
     spec = o.model or start_meta.get("model_spec")
     precision = o.precision or start_meta.get("precision") or "4bit"
@@ -438,11 +464,9 @@ def run(command: str, paths: list[str], question: str | None, o: Opts) -> None:
         load_seconds = time.monotonic() - t_load
         stats.model = f"{engine.name} · {engine.precision} · {engine.device}"
         if start_file:
-            state, _ = load_state(start_file, engine.expect())
+            state, _ = load_state(start_file, engine.identity.expect())
         else:
-            from comet_core.memory import MemoryState
-
-            state = MemoryState.empty(engine.model.n_layers)
+            state = engine.empty_state()
         state = state.to(engine.model.device)
         flag = StopFlag(display)
         job = ReadJob(engine, state, inputs, base, resume, display, stats, should_stop=flag)
@@ -451,7 +475,7 @@ def run(command: str, paths: list[str], question: str | None, o: Opts) -> None:
         with flag:
             try:
                 job.run()
-            except Stopped:
+            except Interrupted:
                 display.stop()
                 _stopped(job, engine, o)
         stats.end_reading()
@@ -508,7 +532,7 @@ def run(command: str, paths: list[str], question: str | None, o: Opts) -> None:
 
 
 def _meta(engine, interrupted: dict | None = None) -> dict:
-    meta = dict(engine.meta(), updated=datetime.now(UTC).isoformat(timespec="seconds"))
+    meta = dict(engine.identity.meta(), updated=datetime.now(UTC).isoformat(timespec="seconds"))
     if interrupted is not None:
         meta["interrupted"] = interrupted
     return meta
@@ -546,7 +570,8 @@ def _answer(engine, state, question: str, o: Opts, display: Display, stats: Stat
     t0 = time.monotonic()
     parts: list[str] = []
     out = sys.stdout
-    for text, n in answer_stream(engine, state, question, o.max_new_tokens, o.temperature, o.top_p, o.seed):
+    for text, n in engine.answer_stream(state, question, max_new_tokens=o.max_new_tokens,
+                                        temperature=o.temperature, top_p=o.top_p, seed=o.seed, priming=o.priming):
         display.answer_token(text, n)
         if text:
             parts.append(text)

@@ -31,11 +31,25 @@ _DEFAULTS = TrainArgs()
 @click.option("--stride", type=int, default=_DEFAULTS.stride, show_default=True)
 @click.option("--n-global", type=int, default=_DEFAULTS.n_global, show_default=True)
 @click.option("--budget", type=int, default=_DEFAULTS.budget, show_default=True)
-@click.option("--min-chunks", type=int, default=_DEFAULTS.min_chunks, show_default=True)
-@click.option("--max-chunks", type=int, default=_DEFAULTS.max_chunks, show_default=True)
+@click.option("--priming", type=int, default=_DEFAULTS.priming, show_default=True,
+              help="Text tokens kept live before the question (the answer layout); 0 = the question alone "
+                   "meets the memory.")
+@click.option("--min-chunks", type=int, default=_DEFAULTS.min_chunks, show_default=True,
+              help="First curriculum level: context chunks read into memory.")
+@click.option("--max-chunks", type=int, default=_DEFAULTS.max_chunks, show_default=True,
+              help="Last curriculum level (levels double from --min-chunks).")
+@click.option("--promote-at", type=float, default=_DEFAULTS.promote_at, show_default=True,
+              help="Held-out accuracy that moves the curriculum to the next level.")
+@click.option("--eval-every", type=int, default=_DEFAULTS.eval_every, show_default=True,
+              help="Held-out generated accuracy every N steps (run/eval.jsonl); it gates the curriculum. "
+                   "0 = off (then the teacher-forced exact match of training samples gates it).")
+@click.option("--eval-samples", type=int, default=_DEFAULTS.eval_samples, show_default=True,
+              help="Held-out samples per evaluation and task.")
+@click.option("--short-share", type=float, default=_DEFAULTS.short_share, show_default=True,
+              help="Share of steps drawn from shorter levels than the current one.")
 @click.option("--level-patience", type=int, default=_DEFAULTS.level_patience, show_default=True,
               help="Move to the next curriculum level after this many steps at a level even if the "
-                   "exact match stays below 0.8 (0 = wait for 0.8).")
+                   "held-out accuracy stays below --promote-at (0 = wait for it).")
 @click.option("--tasks", default=_DEFAULTS.tasks, show_default=True, help="task:weight,... mix.")
 @click.option("--in-memory", type=float, default=_DEFAULTS.in_memory, show_default=True,
               help="Share of passkey and recall samples whose needle is put in text read into memory, "
@@ -64,7 +78,6 @@ def train(quiet: bool, **kw) -> None:
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    from comet_core.train.data import DataMissingError
     from comet_core.train.pipeline import PipelineError
     from comet_core.train.trainer import train as run_train
 
@@ -100,20 +113,20 @@ def train(quiet: bool, **kw) -> None:
     try:
         with progress:
             last = run_train(args, on_step)
-    except DataMissingError as e:
-        raise click.ClickException(str(e)) from None
     except PipelineError as e:  # a peer died or timed out: exit now, without waiting on it at shutdown
-        click.echo(f"error: {e}", err=True)
+        click.echo(f"comet: error: {e}", err=True)
         sys.stderr.flush()
         os._exit(1)
     except KeyboardInterrupt:
         kept = (f"steps since the last checkpoint (every {args.save_every}) are lost" if distributed
                 else "every completed step is saved")
-        click.echo(f"interrupted ({kept}): continue with `comet train --out {args.out} --resume`", err=True)
+        click.echo(f"comet: interrupted ({kept}): continue with `comet train --out {args.out} --resume`", err=True)
         sys.exit(130)
     if os.environ.get("RANK", "0") == "0":
         click.echo(f"saved {args.out}/adapter.safetensors after step {last.get('step')}", err=True)
 
 
-if __name__ == "__main__":
-    train()
+if __name__ == "__main__":  # `torchrun ... -m comet_cli.train_cmd ...`: the same command, errors and exit codes
+    from .main import cli
+
+    cli.main(["train", *sys.argv[1:]], prog_name="comet")

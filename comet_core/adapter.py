@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 from safetensors.torch import save as st_save
 
 from .config import CometConfig
+from .errors import CometError
 from .memory import CometMemory
 from .model import CometModel
 from .state_io import atomic_write
@@ -24,7 +25,7 @@ ADAPTER_FORMAT = "comet-adapter"
 ADAPTER_VERSION = 1
 
 
-class AdapterError(Exception):
+class AdapterError(CometError):
     """An adapter that cannot be used; one line for the user."""
 
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
+PRECISIONS = ("4bit", "8bit", "bf16", "fp32")  # backbone weights: NF4, int8 weight-only, bf16, fp32 (loading.py)
+FAMILIES = ("llama", "qwen2", "qwen3")  # model_type of the backbones CoMeT can wrap
+
 
 @dataclass(frozen=True)
 class CometConfig:
@@ -17,9 +20,11 @@ class CometConfig:
     lora_rank: int = 0  # 0 = no LoRA on the backbone
     lora_alpha: float = 16.0
     lora_targets: tuple[str, ...] = ("q_proj", "v_proj")
+    priming: int = 0  # N: pending text tokens kept live before the question when answering (answer.py)
 
     def __post_init__(self) -> None:
-        if self.chunk_size < 1 or self.stride < 1 or self.n_global < 1 or self.budget < 0 or self.rank < 1:
+        if (self.chunk_size < 1 or self.stride < 1 or self.n_global < 1 or self.budget < 0 or self.rank < 1
+                or self.priming < 0):
             raise ValueError(f"invalid CoMeT settings: {self}")
 
     def beacons(self, n_text: int) -> int:
@@ -41,6 +46,7 @@ class CometConfig:
         if "lora_targets" in d:
             d["lora_targets"] = tuple(d["lora_targets"])
         d.setdefault("sink", False)  # adapters written before the sink existed were trained without one
+        d.setdefault("priming", d.get("chunk_size", cls.chunk_size))  # ... and before priming: the tail stayed live
         known = set(cls.__dataclass_fields__)
         unknown = set(d) - known
         if unknown:

@@ -11,10 +11,10 @@ projections in place) never touches a baseline's backbone:
 Every system answers the same samples: one seeded rng per (task, length, depth) cell, drawn with
 ``make_sample(..., split="eval")`` (source text the training never saw). The framing is the same for all:
 the raw context, then ``question_ids`` (the question in the chat template, assistant turn opened), greedy
-decoding. CoMeT reads exactly as the CLI does (``Reader.feed`` + ``finish``; live chunk = pending ids +
-question).
+decoding. CoMeT reads exactly as the CLI does (``Reader.feed`` + ``finish``) and answers in the same
+layout (``answer.prepare``: the pending tail beyond the priming length is read into memory first).
 
-Scores. passkey: the key appears in the answer (``data.score``). needle_qa: SQuAD exact match and token F1
+Scores. passkey: the key appears in the answer (``tasks.score``). needle_qa: SQuAD exact match and token F1
 against every gold answer. lm: perplexity of the tokens of chunk k+1 of a held-out play or essay given the
 k chunks before it (k = length // chunk_size), with memory (CoMeT reads k chunks, then scores chunk k+1 as
 the live chunk, teacher-forced), without memory (chunk k+1 alone on an empty state, same adapter:
@@ -41,13 +41,14 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import DynamicCache
 
+from .answer import prepare
 from .config import CometConfig
 from .generate import generate
 from .memory import MemoryState
 from .model import CometModel
 from .prompt import question_ids, stop_ids
 from .reader import Reader
-from .train.data import Sample, make_lm, make_sample, score
+from .tasks import Sample, make_lm, make_sample, score
 
 K = 1024
 SYSTEMS = ("comet", "untrained", "full")
@@ -158,16 +159,33 @@ def load_system(name: str, model_spec: str | None, precision: str, adapter: str 
 # --- answering -----------------------------------------------------------------------------------------
 
 @torch.no_grad()
-def answer_with_memory(model: CometModel, tok, context: str, question: str, max_new_tokens: int = 32) -> str:
-    """Stream the context through a Reader (as the CLI does), then answer greedily from memory."""
+def answer_with_memory(model: CometModel, tok, context: str, question: str, max_new_tokens: int = 32,
+                       priming: int | None = None) -> str:
+    """Stream the context through a Reader (as the CLI does), then answer greedily from memory in the
+    answer layout (answer.py; priming None: the adapter's own)."""
     reader = Reader(model, tok)
     reader.feed(context)
     reader.finish()
-    st = reader.state
-    prompt = list(st.pending_ids) + question_ids(tok, question)
+    st, prompt = prepare(model, reader.state, question_ids(tok, question),
+                         model.cfg.priming if priming is None else priming)
     ids = list(generate(model, st, prompt, max_new_tokens=max_new_tokens, stop_ids=stop_ids(tok, model.lm.config),
                         n_vocab=len(tok)))
     return tok.decode(ids, skip_special_tokens=True)
+
+
+def heldout_accuracy(model: CometModel, tok, task: str, n_tokens: int, samples: int, seed: int = 0,
+                     max_new_tokens: int = 16) -> tuple[float, list[dict]]:
+    """Generated answers to `samples` eval-split samples of `task` with n_tokens of context, in the answer
+    layout the CLI uses; the same samples for the same (task, n_tokens, seed). Returns (accuracy, rows)."""
+    rng = random.Random(f"heldout:{task}:{seed}:{n_tokens}")
+    rows = []
+    for _ in range(samples):
+        s = make_sample(task, tok, n_tokens, rng, "eval")
+        pred = answer_with_memory(model, tok, s.context, s.question, max_new_tokens)
+        sc = score(s, pred)
+        rows.append({"answer": s.answer, "prediction": pred, "depth": s.meta.get("depth"),
+                     "acc": sc.get("acc", sc.get("em", 0.0))})
+    return sum(r["acc"] for r in rows) / max(1, len(rows)), rows
 
 
 def prefill(lm: nn.Module, ids: list[int], keep: int = 1) -> tuple[torch.Tensor, DynamicCache]:

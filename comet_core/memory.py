@@ -131,7 +131,7 @@ class MemoryState:
     beacons: int = 0  # temp beacons emitted so far (the queue holds min(budget, beacons))
     pending_ids: list[int] = field(default_factory=list)
     pending_text: str = ""
-    sources: list[dict] = field(default_factory=list)  # what was read: name, size, sha256, offset, ...
+    sources: list[dict] = field(default_factory=list)  # what was read: engine.SourceRecord each
 
     @classmethod
     def empty(cls, n_layers: int) -> MemoryState:

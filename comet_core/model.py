@@ -36,19 +36,17 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 from transformers import DynamicCache
 
-from .config import CometConfig
+from .config import FAMILIES, CometConfig
 from .dense import dense_weights
 from .layout import ChunkLayout, build_layout, plan_layouts
 from .memory import CometMemory, MemoryState, push_fifo
 from .prefix import layer_with_prefix
 
-SUPPORTED = ("llama", "qwen2", "qwen3")
-
 
 def _check_backbone(lm: nn.Module) -> None:
     cfg = lm.config
-    if cfg.model_type not in SUPPORTED:
-        raise ValueError(f"unsupported model type {cfg.model_type!r}; CoMeT supports {', '.join(SUPPORTED)}")
+    if cfg.model_type not in FAMILIES:
+        raise ValueError(f"unsupported model type {cfg.model_type!r}; CoMeT supports {', '.join(FAMILIES)}")
     if getattr(cfg, "use_sliding_window", False) or any(
             t != "full_attention" for t in (getattr(cfg, "layer_types", None) or [])):
         raise ValueError("CoMeT needs full attention in every layer (no sliding window)")

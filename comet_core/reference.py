@@ -24,12 +24,13 @@ from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast, Qwen3Con
 
 from .adapter import save_adapter
 from .config import CometConfig
+from .errors import CometError
 from .model import CometModel
 
 MEMORY_TOKEN = re.compile(r"^<(\|memory\||beacon(_\d+)?)>$")
 
 
-class ReferenceError(Exception):
+class ReferenceError(CometError):
     """A folder that is not a usable reference checkpoint; one line for the user."""
 
 

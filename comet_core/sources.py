@@ -30,6 +30,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
+from .errors import CometError, one_line
+
 BLOCK = 1 << 20  # bytes read per block (so text pieces are at most ~1 MiB)
 SNIFF = 64 << 10  # bytes sampled to detect encoding / binary content
 NUL_WINDOW = 8 << 10  # NUL bytes in this many first bytes mean binary (unless UTF-16/32)
@@ -61,7 +63,7 @@ _CONTROL = re.compile(r"[\x00-\x08\x0e-\x1a\x1c-\x1f\x7f-\x9f\ufffd]")  # keeps 
 _PAGE_SEP = "\n\n"
 
 
-class SourceError(Exception):
+class SourceError(CometError):
     """One-line, user-facing message starting with the input's name (the CLI prints it and exits 1)."""
 
 
@@ -133,7 +135,7 @@ class TextSource(Source):
             return stream.read(n)
         except (OSError, EOFError, zlib.error) as e:
             if self.kind == "gz":
-                raise self._error(f"corrupt gzip data ({_oneline(e)})") from None
+                raise self._error(f"corrupt gzip data ({one_line(e)})") from None
             raise _os_error(self.name, e) from None
 
     def _skip(self, stream: BinaryIO, n: int, hasher: hashlib._Hash) -> int:
@@ -255,7 +257,7 @@ class PdfSource(Source):
                 try:
                     text = (reader.pages[i].extract_text() or "").strip()
                 except Exception as e:  # pypdf raises many kinds of errors on damaged pages
-                    self.errors.append(f"page {i + 1}: {_oneline(e)}")
+                    self.errors.append(f"page {i + 1}: {one_line(e)}")
                     text = ""
                 self.offset = i + 1
                 if text:
@@ -391,7 +393,7 @@ def _open_gzip(path: str, size: int, forced: str | None) -> TextSource:
         with gzip.open(path, "rb") as g:
             head = _read_full(g, SNIFF)
     except (OSError, EOFError, zlib.error) as e:
-        raise SourceError(f"{path}: corrupt gzip data ({_oneline(e)})") from None
+        raise SourceError(f"{path}: corrupt gzip data ({one_line(e)})") from None
     if not head:
         raise SourceError(f"{path}: input is empty")
     if head.startswith(b"%PDF-"):
@@ -409,7 +411,7 @@ def _open_pdf(path: str, size: int) -> PdfSource:
     except SourceError:
         raise
     except Exception as e:
-        raise SourceError(f"{path}: cannot read PDF ({_oneline(e)})") from None
+        raise SourceError(f"{path}: cannot read PDF ({one_line(e)})") from None
     return PdfSource(path, size, pages)
 
 
@@ -426,8 +428,8 @@ def _pdf_reader(path: str, f: BinaryIO):  # -> pypdf.PdfReader
         raise
     except Exception as e:
         if "encrypt" in str(e).lower() or "password" in str(e).lower():
-            raise SourceError(f"{path}: PDF is encrypted ({_oneline(e)})") from None
-        raise SourceError(f"{path}: cannot read PDF ({_oneline(e)})") from None
+            raise SourceError(f"{path}: PDF is encrypted ({one_line(e)})") from None
+        raise SourceError(f"{path}: cannot read PDF ({one_line(e)})") from None
     return reader
 
 
@@ -539,9 +541,6 @@ def _os_error(path: str, e: BaseException) -> SourceError:
         return SourceError(f"{path}: permission denied")
     if isinstance(e, IsADirectoryError):
         return SourceError(f"{path}: is a directory, not a file")
-    return SourceError(f"{path}: {getattr(e, 'strerror', None) or _oneline(e)}")
+    return SourceError(f"{path}: {getattr(e, 'strerror', None) or one_line(e)}")
 
 
-def _oneline(e: BaseException, limit: int = 200) -> str:
-    text = " ".join(str(e).split()) or type(e).__name__
-    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -25,6 +25,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from .errors import CometError
 from .memory import MemoryState
 
 FORMAT = "comet-state"
@@ -32,7 +33,7 @@ VERSION = 1
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
-class StateError(Exception):
+class StateError(CometError):
     """A state file that cannot be used; the message is one line for the user."""
 
 

@@ -1,4 +1,4 @@
-"""Tests of comet_core.train.data on small synthetic source text (no download) laid out the way
+"""Tests of comet_core.tasks on small synthetic source text (no download) laid out the way
 scripts/fetch_data.py lays out the real data, with a tiny byte-level BPE tokenizer trained here."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from comet_core.train import data
+from comet_core import tasks as data
 
 REPO = Path(__file__).resolve().parents[1]
 WORDS = ("river stone garden window market letter silver winter summer harbor valley forest candle "

@@ -19,7 +19,7 @@ from comet_core.config import CometConfig
 from comet_core.loading import load_model, model_fingerprint
 from comet_core.model import CometModel
 from comet_core.prompt import question_ids
-from comet_core.train.data import squad_f1
+from comet_core.tasks import squad_f1
 
 CFG = CometConfig(chunk_size=64, stride=8, n_global=4, budget=16, lora_rank=2)
 

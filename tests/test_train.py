@@ -13,7 +13,8 @@ from tiny import save_tiny, tiny_lm, tiny_tokenizer
 from comet_core.adapter import AdapterError, load_adapter, read_adapter, save_adapter
 from comet_core.config import CometConfig
 from comet_core.model import CometModel
-from comet_core.train.data import Sample
+from comet_core.prompt import question_ids
+from comet_core.tasks import Sample
 from comet_core.train.trainer import Curriculum, TrainArgs, encode, sample_loss, train
 
 
@@ -33,7 +34,7 @@ def passkey_sample(key: str, n_words: int = 120) -> Sample:
 
 def test_encode_puts_full_chunks_in_memory_and_the_rest_live():
     tok = tiny_tokenizer()
-    cfg = CometConfig(chunk_size=32, stride=4, n_global=4, budget=8)
+    cfg = CometConfig(chunk_size=32, stride=4, n_global=4, budget=8, priming=32)  # the tail stays live
     s = passkey_sample("12345")
     enc = encode(s, tok, cfg, random.Random(0))
     ctx = tok.encode(s.context, add_special_tokens=False)
@@ -43,6 +44,22 @@ def test_encode_puts_full_chunks_in_memory_and_the_rest_live():
     assert enc.live[:len(ctx) % 32] == ctx[len(ctx) // 32 * 32:]
     enc_r = encode(s, tok, cfg, random.Random(0), random_plan=1.0)
     assert all(8 <= len(c) <= 32 for c in enc_r.chunks) and sum(map(len, enc_r.chunks)) > len(ctx) - 8
+
+
+def test_encode_with_priming_zero_reads_the_tail_and_leaves_the_question_alone_live():
+    tok = tiny_tokenizer()
+    cfg = CometConfig(chunk_size=32, stride=4, n_global=4, budget=8)  # priming 0: the default
+    s = passkey_sample("12345")
+    ctx = tok.encode(s.context, add_special_tokens=False)
+    assert len(ctx) % 32
+    enc = encode(s, tok, cfg, random.Random(0))
+    assert [len(c) for c in enc.chunks] == [32] * (len(ctx) // 32) + [len(ctx) % 32]
+    assert sum(enc.chunks, []) == ctx
+    assert enc.live == question_ids(tok, s.question) + enc.live[-enc.n_target:]
+    enc5 = encode(s, tok, cfg, random.Random(0), priming=5)  # 5 tokens of the tail stay live
+    assert sum(enc5.chunks, []) == ctx[:-5] and enc5.live[:5] == ctx[-5:]
+    cut = encode(s, tok, cfg, random.Random(0), n_ctx=40)  # a common plan for a batch: the first 40 tokens
+    assert [len(c) for c in cut.chunks] == [32, 8] and sum(cut.chunks, []) == ctx[:40]
 
 
 def test_gradients_reach_every_adapter_part_through_memory():

@@ -1,1 +1,1 @@
-"""Training support for CoMeT memory: offline data generators (``data``)."""
+"""Training support for CoMeT memory (the samples it trains on come from ``comet_core.tasks``)."""

@@ -30,19 +30,16 @@ Launch: `torchrun --nproc-per-node P comet train --pipeline P ...` (gloo on CPU,
 
 from __future__ import annotations
 
-import json
 import math
 import multiprocessing as mp
 import os
-import random
 import socket
 import sys
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -50,21 +47,13 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from ..config import CometConfig
+from ..errors import CometError, one_line
 from ..layout import ChunkLayout, build_layout, plan_layouts
 from ..model import CometModel
-from .trainer import (
-    Encoded,
-    TrainArgs,
-    _optimizer,
-    curriculum,
-    draw,
-    lr_at,
-    resume_progress,
-    save_checkpoint,
-)
+from .samples import Encoded
 
 
-class PipelineError(RuntimeError):
+class PipelineError(CometError):
     """A pipeline or data-parallel peer failed or timed out; one line for the user."""
 
 
@@ -110,12 +99,8 @@ def init_mesh(pp: int, timeout_s: float = 600.0) -> Mesh:
         try:
             dist.init_process_group(backend, rank=rank, world_size=world, timeout=timedelta(seconds=timeout_s))
         except RuntimeError as e:
-            raise PipelineError(f"rank {rank}: cannot join the {world} processes: {_first_line(e)}") from e
+            raise PipelineError(f"rank {rank}: cannot join the {world} processes: {one_line(e)}") from e
     return Mesh(rank, world, pp, device)
-
-
-def _first_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
 
 
 # ---- point to point with autograd -------------------------------------------------------------------
@@ -134,7 +119,7 @@ class _Link:
             dist.recv(buf, src=src, tag=tag)
         except RuntimeError as e:
             raise PipelineError(f"rank {self.mesh.rank}: no layer-{tag} {what} from rank {src}: "
-                                f"{_first_line(e)}") from e
+                                f"{one_line(e)}") from e
         self.waited += time.perf_counter() - t
         return buf
 
@@ -143,7 +128,7 @@ class _Link:
             self.pending.append((dist.isend(x, dst=dst, tag=tag), x))
         except RuntimeError as e:
             raise PipelineError(f"rank {self.mesh.rank}: cannot send layer {tag} to rank {dst}: "
-                                f"{_first_line(e)}") from e
+                                f"{one_line(e)}") from e
 
     def finish(self) -> None:
         if not self.pending:
@@ -153,7 +138,7 @@ class _Link:
             for work, _ in self.pending:
                 work.wait()
         except RuntimeError as e:
-            raise PipelineError(f"rank {self.mesh.rank}: a send was never received: {_first_line(e)}") from e
+            raise PipelineError(f"rank {self.mesh.rank}: a send was never received: {one_line(e)}") from e
         self.pending.clear()
         self.waited += time.perf_counter() - t
 
@@ -356,11 +341,11 @@ def pipeline_step(model: CometModel, enc: Encoded, mesh: Mesh, scale: float = 1.
     return StepOut(loss, exact, time.perf_counter() - t0, link.waited, plan)
 
 
-def _all_reduce(t: torch.Tensor, what: str) -> None:
+def all_reduce(t: torch.Tensor, what: str) -> None:
     try:
         dist.all_reduce(t)
     except RuntimeError as e:
-        raise PipelineError(f"rank {dist.get_rank()}: all-reduce of {what} failed: {_first_line(e)}") from e
+        raise PipelineError(f"rank {dist.get_rank()}: all-reduce of {what} failed: {one_line(e)}") from e
 
 
 def sync_grads(params: Sequence[torch.nn.Parameter], mesh: Mesh) -> None:
@@ -369,7 +354,7 @@ def sync_grads(params: Sequence[torch.nn.Parameter], mesh: Mesh) -> None:
     if mesh.world == 1:
         return
     flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).float() for p in params])
-    _all_reduce(flat, "gradients")
+    all_reduce(flat, "gradients")
     flat /= mesh.dp
     off = 0
     for p in params:
@@ -378,116 +363,12 @@ def sync_grads(params: Sequence[torch.nn.Parameter], mesh: Mesh) -> None:
 
 
 # ---- the training loop -------------------------------------------------------------------------------
-def _build(args: TrainArgs, device: torch.device):
-    """`trainer.build_model` on this rank's device."""
-    from ..adapter import load_adapter
-    from ..loading import load_model, model_fingerprint
+def train_pipeline(args, on_step: Callable[[dict], None] | None = None, pp: int = 1, timeout_s: float = 600.0
+                   ) -> dict:
+    """`trainer.train` over pp x dp processes (torchrun's environment): the same loop."""
+    from .trainer import train
 
-    loaded = load_model(args.model, precision=args.precision, device=str(device), trainable=True)
-    fp = model_fingerprint(loaded.model)
-    out = Path(args.out)
-    if args.resume and (out / "adapter.safetensors").exists():
-        model, _ = load_adapter(out / "adapter.safetensors", loaded.model, fp)
-    elif args.init_adapter:
-        model, _ = load_adapter(args.init_adapter, loaded.model, fp, add_lora_targets=args.config().lora_targets)
-    else:
-        model = CometModel.create(loaded.model, args.config(), seed=args.seed)
-    return loaded, model, fp
-
-
-@dataclass
-class _Draw:
-    """One training sample, drawn exactly as `trainer.train` draws it."""
-
-    level: int
-    task: str
-    enc: Encoded
-    text_tokens: int = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.text_tokens = sum(map(len, self.enc.chunks)) + len(self.enc.live)
-
-
-def train_pipeline(args: TrainArgs, on_step: Callable[[dict], None] | None = None, pp: int = 1,
-                   timeout_s: float = 600.0) -> dict:
-    """`trainer.train` over pp x dp processes (torchrun's environment; a single process works too).
-
-    Every rank draws the same samples from the same rng (one step = accum x dp samples, sample k on
-    replica k % dp), so the curriculum and rng stay identical everywhere; the curriculum records a
-    step's results after the step (the single-process trainer records after each sample). Rank 0 alone
-    logs, calls `on_step` and writes checkpoints; on resume every rank loads the same checkpoint.
-    Joins (and afterwards leaves) the process group unless the caller already has. Returns the last
-    step's record.
-    """
-    own_group = not dist.is_initialized()
-    mesh = init_mesh(pp, timeout_s)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    loaded, model, base_fp = _build(args, mesh.device)
-    tok, cfg = loaded.tokenizer, model.cfg
-    opt = _optimizer(model, args)
-    params = list(model.mem.trainable().values())
-    weights = args.task_weights()
-    cur = curriculum(args, weights)
-    rng = random.Random(args.seed)
-    step, seen_tokens, elapsed0 = resume_progress(args, out, opt, model, cur, rng)
-    t0, record, stop, saved_at = time.time(), {}, False, step
-    while step < args.steps and not stop:
-        ts = time.time()
-        mult = lr_at(step, args)
-        for g in opt.param_groups:
-            g["lr"] = g["base_lr"] * mult
-        opt.zero_grad(set_to_none=True)
-        batch = [_Draw(*draw(args, cur, rng, weights, tok, cfg)) for _ in range(args.accum * mesh.dp)]
-        # stats: loss sum, answer tokens, text tokens, stop flag, then one exact flag per sample
-        stats = torch.zeros(4 + len(batch), dtype=torch.float64, device=mesh.device)
-        busy, wall = 0.0, 0.0
-        for k, s in enumerate(batch):
-            if k % mesh.dp != mesh.d:
-                continue
-            r = pipeline_step(model, s.enc, mesh, 1.0 / (s.enc.n_target * args.accum), args.grad_ckpt)
-            busy, wall = busy + r.wall - r.waited, wall + r.wall
-            if r.loss is not None:
-                stats[0] += r.loss
-                stats[1] += s.enc.n_target
-                stats[2] += s.text_tokens
-                stats[4 + k] = float(r.exact)
-        if mesh.rank == 0 and args.time_limit_min and time.time() - t0 > 60 * args.time_limit_min:
-            stats[3] = 1.0
-        if mesh.world > 1:
-            _all_reduce(stats, "step statistics")
-        sync_grads(params, mesh)
-        for k, s in enumerate(batch):
-            cur.record(s.level, bool(stats[4 + k] > 0), s.task)
-        gnorm = float(torch.nn.utils.clip_grad_norm_(params, args.clip))
-        opt.step()
-        cur.end_step()
-        step += 1
-        seen_tokens += int(stats[2])
-        stop = bool(stats[3] > 0)
-        dt = time.time() - ts
-        record = {"step": step, "loss": float(stats[0] / max(1.0, float(stats[1]))),
-                  "exact": float(stats[4:].mean()), "level": cur.level, "level_acc": cur.accuracy(),
-                  "grad_norm": gnorm, "lr_mult": mult, "tokens_per_s": float(stats[2]) / dt,
-                  "seen_tokens": seen_tokens, "step_s": dt, "elapsed": elapsed0 + time.time() - t0,
-                  "pipeline": pp, "data_parallel": mesh.dp, "rank0_busy": busy / wall if wall else 0.0}
-        if mesh.rank == 0:
-            with open(out / "log.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
-            if on_step:
-                on_step(record)
-            if step % args.save_every == 0:
-                save_checkpoint(out, model, opt, base_fp, loaded.name, args, step, seen_tokens, cur, rng,
-                                elapsed0 + time.time() - t0)
-                saved_at = step
-    if mesh.rank == 0 and saved_at != step:
-        save_checkpoint(out, model, opt, base_fp, loaded.name, args, step, seen_tokens, cur, rng,
-                        elapsed0 + time.time() - t0)
-    if mesh.world > 1:
-        dist.barrier()  # the checkpoint is complete before any rank moves on (or resumes from it)
-        if own_group:
-            dist.destroy_process_group()
-    return record
+    return train(args, on_step, pp=pp, timeout_s=timeout_s)
 
 
 # ---- local launcher (tests, benchmark) ---------------------------------------------------------------
@@ -508,7 +389,7 @@ def _entry(fn: Callable, rank: int, world: int, port: int, threads: int, args: t
             dist.destroy_process_group()
     except BaseException as e:  # report, then exit non-zero without waiting on dead peers
         code = 1
-        print(f"rank {rank}: {type(e).__name__}: {_first_line(e)}", file=sys.stderr)
+        print(f"rank {rank}: {type(e).__name__}: {one_line(e)}", file=sys.stderr)
         if not isinstance(e, PipelineError):
             traceback.print_exc()
     sys.stdout.flush()

@@ -1,46 +1,55 @@
 """Teach the memory: train CoMeT memory nets, beacon embeddings and LoRA on a frozen backbone.
 
-One step = `accum` samples, each read with full backprop through the recurrence (gradient checkpointing
-per (chunk, layer) cell keeps activation memory at one layer input per cell). Loss: cross-entropy on
-the answer tokens (and the end-of-turn token after them, so answers learn to stop), averaged per token.
+One step = `accum` samples in the answer layout (samples.py), read as one batch with full backprop through
+the recurrence (gradient checkpointing per (chunk, layer) cell for long samples keeps activation memory at
+one layer input per cell). Loss: cross-entropy on the answer tokens (and the end-of-turn token after
+them, so answers learn to stop), averaged per token.
 
-Curriculum: samples have `level` context chunks (2 -> 4 -> 8 -> 16), promoted when the teacher-forced
-exact match (every answer token right) over the last `window` samples of the key-retrieval tasks
-(`GATED`: short answers that can be exactly right) reaches `promote_at`; a share of samples is drawn
-from shorter levels so short inputs are never forgotten. (Counting lm continuations or SQuAD answers,
-which are almost never exact, capped the rate below `promote_at`: the curriculum could never advance.)
+Curriculum: samples have `level` context chunks (1 -> 2 -> 4 -> ... -> max_chunks), promoted when the
+held-out accuracy of *generated* answers (every `eval_every` steps, eval-split samples of the current
+level, key-retrieval tasks `GATED`) reaches `promote_at`; with eval_every = 0, when the teacher-forced
+exact match over the last `window` training samples of those tasks does. A share of steps is drawn from
+shorter levels so short inputs are never forgotten. (Counting lm continuations or SQuAD answers, which
+are almost never exact, would cap the rate below `promote_at`: the curriculum could never advance.)
+
+One loop for one process and for pp x dp processes (pipeline.py): single-process training is the
+distributed loop with one rank.
 
 Checkpoints (safetensors only, no pickle): out/adapter.safetensors, out/train_state.safetensors (AdamW
-moments + JSON metadata: step, level, rng, recent results), out/log.jsonl (one line per step).
+moments + JSON metadata: step, level, rng, recent results), out/log.jsonl (one line per step),
+out/eval.jsonl (one line per held-out evaluation, step 0 included).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
-from safetensors.torch import load as st_load
+from safetensors import safe_open
 from safetensors.torch import save as st_save
 
-from ..adapter import load_adapter, save_adapter
+from ..adapter import save_adapter
 from ..config import CometConfig
+from ..engine import load
 from ..lora import TARGETS as LORA_TARGETS
 from ..memory import MemoryState
 from ..model import CometModel
-from ..prompt import end_of_turn_id, question_ids
 from ..state_io import atomic_write
-from .data import TASKS, make_sample
+from ..tasks import TASKS
+from .pipeline import Mesh, all_reduce, init_mesh, pipeline_step, sync_grads
+from .samples import Draw, Encoded, draw_batch, encode  # noqa: F401 (encode: part of this module's API)
 
 GATED = ("passkey", "multi_needle", "vartrack")  # tasks whose exact match decides promotion
-IN_MEMORY_TASKS = ("passkey", "recall")  # tasks whose needle `in_memory` can keep out of the live chunk
 
 
 @dataclass
@@ -48,27 +57,31 @@ class TrainArgs:
     out: str = "runs/train"
     model: str | None = None
     precision: str = "bf16"
-    chunk_size: int = 512
+    chunk_size: int = 256
     stride: int = 8
     n_global: int = 16
     budget: int = 64
     lora_rank: int = 8
-    lora_targets: str = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"  # any of these
+    lora_targets: str = "q_proj,v_proj"  # any of q/k/v/o_proj, gate/up/down_proj
+    priming: int = 0  # text tokens kept live before the question (answer.py); 0: the question alone
     init_adapter: str | None = None  # continue from an adapter (its settings win; lora_targets may add)
     steps: int = 300
-    accum: int = 4  # samples per optimizer step
+    accum: int = 4  # samples per optimizer step, run as one batch (same chunk plan)
     lr: float = 1e-3  # memory nets and beacon embeddings
-    lora_lr: float = 5e-4  # LoRA on the backbone
+    lora_lr: float = 1e-3  # LoRA on the backbone
     warmup: int = 10
     clip: float = 1.0
-    min_chunks: int = 2
-    max_chunks: int = 16
-    promote_at: float = 0.8
+    min_chunks: int = 1  # curriculum levels: chunks read into memory (1, 2, 4, ... max_chunks)
+    max_chunks: int = 32
+    promote_at: float = 0.9
     window: int = 24
+    eval_every: int = 25  # held-out generated accuracy every N steps; it gates the curriculum (0: off, then
+    #                       the teacher-forced exact match over the last `window` samples does)
+    eval_samples: int = 20
     level_patience: int = 0  # promote after this many steps at a level even below promote_at (0: never)
-    short_share: float = 0.3  # share of samples drawn from shorter levels
-    tasks: str = "passkey:0.35,recall:0.3,multi_needle:0.1,needle_qa:0.05,vartrack:0.05,lm:0.15"
-    random_plan: float = 0.2  # share of samples with random chunk sizes instead of full chunks
+    short_share: float = 0.3  # share of steps drawn from shorter levels
+    tasks: str = "passkey:1"
+    random_plan: float = 0.0  # share of steps with random chunk sizes instead of full chunks
     in_memory: float = 0.8  # share of passkey/recall samples whose needle lies in text read into memory
     seed: int = 0
     save_every: int = 10
@@ -80,13 +93,17 @@ class TrainArgs:
     def config(self) -> CometConfig:
         return CometConfig(chunk_size=self.chunk_size, stride=self.stride, n_global=self.n_global,
                            budget=self.budget, lora_rank=self.lora_rank,
-                           lora_targets=tuple(self.lora_targets.split(",")))
+                           lora_targets=tuple(self.lora_targets.split(",")), priming=self.priming)
 
     def check(self) -> None:
         """Raise ValueError on an unknown task or LoRA target (before any model is loaded)."""
         self.task_weights()
         if not 0.0 <= self.in_memory <= 1.0:
             raise ValueError(f"--in-memory is a share in [0, 1], got {self.in_memory}")
+        if self.priming < 0:
+            raise ValueError(f"--priming is a number of tokens >= 0, got {self.priming}")
+        if not 1 <= self.min_chunks <= self.max_chunks:
+            raise ValueError(f"need 1 <= --min-chunks <= --max-chunks, got {self.min_chunks} and {self.max_chunks}")
         bad = set(self.lora_targets.split(",")) - set(LORA_TARGETS)
         if bad:
             raise ValueError(f"unknown LoRA targets {sorted(bad)}; choose from {','.join(LORA_TARGETS)}")
@@ -104,52 +121,36 @@ class TrainArgs:
         return w
 
 
-@dataclass
-class Encoded:
-    chunks: list[list[int]]  # context chunks read into memory
-    live: list[int]  # pending text + question + answer (+ end of turn)
-    n_target: int  # the last n_target tokens of `live` are predicted
-
-
-def encode(sample, tok, cfg: CometConfig, rng: random.Random, random_plan: float = 0.0) -> Encoded:
-    """Token ids of a sample in the layout the CLI uses: full chunks, remainder in the live chunk."""
-    c = cfg.chunk_size
-    ctx = tok.encode(sample.context, add_special_tokens=False)
-    if rng.random() < random_plan:  # random chunk sizes in [c/4, c]; the remainder goes live
-        sizes, left = [], len(ctx)
-        while left >= c // 4:
-            n = min(left, rng.randint(c // 4, c))
-            sizes.append(n)
-            left -= n
-    else:
-        sizes = [c] * (len(ctx) // c)
-    chunks, i = [], 0
-    for n in sizes:
-        chunks.append(ctx[i:i + n])
-        i += n
-    target = tok.encode(sample.answer, add_special_tokens=False)
-    if sample.question:
-        target.append(end_of_turn_id(tok))
-    q = question_ids(tok, sample.question)
-    if not q and i == len(ctx) and chunks:  # "continue the text" needs a token to predict from
-        i -= 1
-        chunks[-1] = chunks[-1][:-1]
-    live = ctx[i:] + q + target
-    return Encoded(chunks, live, len(target))
+def batch_loss(model: CometModel, encs: list[Encoded], grad_ckpt: bool = True
+               ) -> tuple[torch.Tensor, list[bool]]:
+    """Answer-token cross-entropy summed per sample ([B]) and whether every answer token of each sample
+    is the argmax (teacher forced). The samples share one chunk plan and run as one batch; live chunks of
+    different lengths are padded at the end (causal attention: pads never reach the real tokens)."""
+    dev = model.device
+    plan = [len(c) for c in encs[0].chunks]
+    if any([len(c) for c in e.chunks] != plan for e in encs):
+        raise ValueError("the samples of a batch need the same chunk plan")
+    st = MemoryState.empty(model.n_layers)
+    if plan:
+        chunks = [torch.tensor([e.chunks[i] for e in encs], device=dev) for i in range(len(plan))]
+        st, _ = model.read(st, chunks, grad_ckpt=grad_ckpt)
+    p_max = max(len(e.live) for e in encs)
+    live = torch.tensor([e.live + e.live[-1:] * (p_max - len(e.live)) for e in encs], device=dev)
+    hid = model.live(st, live, grad_ckpt=grad_ckpt)  # [B, p_max, d]
+    rows = torch.cat([torch.arange(len(e.live) - e.n_target - 1, len(e.live) - 1) for e in encs]).to(dev)
+    owner = torch.cat([torch.full((e.n_target,), b) for b, e in enumerate(encs)]).to(dev)
+    logits = model.logits(hid[owner, rows])  # [sum of n_target, V]
+    targets = torch.tensor([t for e in encs for t in e.live[len(e.live) - e.n_target:]], device=dev)
+    ce = F.cross_entropy(logits, targets, reduction="none")
+    loss = torch.zeros(len(encs), device=dev, dtype=ce.dtype).index_add(0, owner, ce)
+    hits = torch.zeros(len(encs), device=dev).index_add(0, owner, (logits.argmax(-1) == targets).float())
+    return loss, [int(h) == e.n_target for h, e in zip(hits.tolist(), encs, strict=True)]
 
 
 def sample_loss(model: CometModel, enc: Encoded, grad_ckpt: bool = True) -> tuple[torch.Tensor, bool]:
-    """Summed answer-token cross-entropy and whether every answer token is the argmax (teacher forced)."""
-    dev = model.device
-    st = MemoryState.empty(model.n_layers)
-    if enc.chunks:
-        st, _ = model.read(st, [torch.tensor([c], device=dev) for c in enc.chunks], grad_ckpt=grad_ckpt)
-    hid = model.live(st, torch.tensor([enc.live], device=dev), grad_ckpt=grad_ckpt)  # [1, p, d]
-    p, n = len(enc.live), enc.n_target
-    logits = model.logits(hid[0, p - n - 1:p - 1])  # [n, V]
-    targets = torch.tensor(enc.live[p - n:], device=dev)
-    loss = F.cross_entropy(logits, targets, reduction="sum")
-    return loss, bool((logits.argmax(-1) == targets).all())
+    """Summed answer-token cross-entropy of one sample and whether it is exact (teacher forced)."""
+    loss, exact = batch_loss(model, [enc], grad_ckpt)
+    return loss[0], exact[0]
 
 
 @dataclass
@@ -162,6 +163,7 @@ class Curriculum:
     tasks: tuple[str, ...] | None = None  # only these tasks' results count (None: all)
     patience: int = 0  # promote after this many steps at a level whatever the rate (0: never)
     steps_at_level: int = 0
+    on_eval: bool = False  # promotion is decided by held-out evaluations (gate), not by training results
 
     def _promote(self) -> None:
         self.level = min(self.level * 2, self.max_level)
@@ -175,8 +177,15 @@ class Curriculum:
         self.recent.append(exact)
         while len(self.recent) > self.window:
             self.recent.popleft()
-        if (len(self.recent) == self.window and sum(self.recent) / self.window >= self.promote_at
-                and self.level < self.max_level):
+        if (not self.on_eval and len(self.recent) == self.window
+                and sum(self.recent) / self.window >= self.promote_at and self.level < self.max_level):
+            self._promote()
+            return True
+        return False
+
+    def gate(self, heldout_acc: float) -> bool:
+        """A held-out accuracy at this level; returns True when it promoted (on_eval curricula only)."""
+        if self.on_eval and heldout_acc >= self.promote_at and self.level < self.max_level:
             self._promote()
             return True
         return False
@@ -196,32 +205,31 @@ class Curriculum:
 def curriculum(args: TrainArgs, weights: dict[str, float]) -> Curriculum:
     gated = tuple(t for t in GATED if weights.get(t)) or None
     return Curriculum(args.min_chunks, args.max_chunks, args.promote_at, args.window, tasks=gated,
-                      patience=args.level_patience)
+                      patience=args.level_patience, on_eval=args.eval_every > 0)
+
+
+def pick_level(args: TrainArgs, cur: Curriculum, rng: random.Random) -> int:
+    """The current level, or (share `short_share`) a shorter one, so short inputs are never forgotten."""
+    shorter = [lv for lv in levels(args) if lv < cur.level]
+    if shorter and rng.random() < args.short_share:
+        return rng.choice(shorter)
+    return cur.level
+
+
+def levels(args: TrainArgs) -> list[int]:
+    """Curriculum levels: min_chunks, doubling up to max_chunks (which is always the last)."""
+    out, lv = [], args.min_chunks
+    while lv < args.max_chunks:
+        out.append(lv)
+        lv *= 2
+    return out + [args.max_chunks]
 
 
 def draw(args: TrainArgs, cur: Curriculum, rng: random.Random, weights: dict[str, float], tok,
-         cfg: CometConfig) -> tuple[int, str, Encoded]:
-    """One training sample: (level, task, encoded); a share comes from shorter levels than the current.
-
-    A needle at a uniform depth lands in the live chunk (where plain attention finds it) a quarter of the
-    time at level 2; `in_memory` of the passkey and recall samples keep it (and for recall the whole
-    answer) in the text read into memory, so they can only be answered by reading the memory."""
-    level = cur.level
-    if level > args.min_chunks and rng.random() < args.short_share:
-        level = rng.choice([lv for lv in (2, 4, 8, 16, 32) if args.min_chunks <= lv < cur.level])
-    task = rng.choices(list(weights), list(weights.values()))[0]
-    n_ctx = rng.randint((level - 1) * cfg.chunk_size + cfg.chunk_size // 4, level * cfg.chunk_size)
-    if task not in IN_MEMORY_TASKS or rng.random() >= args.in_memory:
-        return level, task, encode(make_sample(task, tok, n_ctx, rng, "train"), tok, cfg, rng, args.random_plan)
-    depth = rng.random() * (n_ctx // cfg.chunk_size * cfg.chunk_size) / n_ctx  # within the full chunks
-    for _ in range(8):
-        sample = make_sample(task, tok, n_ctx, rng, "train", depth=depth)
-        enc = encode(sample, tok, cfg, rng, args.random_plan)
-        needle = len(tok.encode(sample.context[:sample.meta["needle_end"]], add_special_tokens=False))
-        if needle <= sum(map(len, enc.chunks)):  # every needle token is read into memory
-            break
-        depth /= 2  # an intro, the needle's length or a random plan pushed it live: move it up
-    return level, task, enc  # (after 8 tries, at a depth near 0, the last sample is kept as it is)
+         cfg: CometConfig, n: int) -> list[Draw]:
+    """One step's samples: a level, then n samples of it sharing one chunk plan (samples.draw_batch)."""
+    return draw_batch(tok, cfg, rng, pick_level(args, cur, rng), weights, n, args.priming, args.in_memory,
+                      args.random_plan)
 
 
 def lr_at(step: int, args: TrainArgs) -> float:
@@ -259,10 +267,9 @@ def _save_train_state(path: Path, opt: torch.optim.AdamW, model: CometModel, met
 
 
 def _load_train_state(path: Path, opt: torch.optim.AdamW, model: CometModel) -> dict:
-    data = path.read_bytes()
-    n = int.from_bytes(data[:8], "little")
-    meta = json.loads(json.loads(data[8:8 + n])["__metadata__"]["comet_train"])
-    tensors = st_load(data)
+    with safe_open(path, "pt") as f:
+        meta = json.loads(f.metadata()["comet_train"])
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
     for k, p in model.mem.trainable().items():
         if f"{k}.exp_avg" in tensors:
             opt.state[p] = {"step": torch.tensor(meta["adam_steps"][k]), "exp_avg": tensors[f"{k}.exp_avg"],
@@ -283,85 +290,172 @@ def resume_progress(args: TrainArgs, out: Path, opt: torch.optim.AdamW, model: C
     return meta["step"], meta["seen_tokens"], meta.get("elapsed", 0.0)
 
 
-def build_model(args: TrainArgs):
-    """Load the backbone (frozen) and a fresh or given adapter."""
-    from ..loading import load_model, model_fingerprint
-
-    loaded = load_model(args.model, precision=args.precision, trainable=True)
+def build_model(args: TrainArgs, device: torch.device | None = None):
+    """Load the backbone (frozen) and a resumed, given or fresh adapter (engine.load); the run's --priming
+    wins (it is how the adapter will be asked, not a weight). Returns (engine, fingerprint of the base)."""
     out = Path(args.out)
     if args.resume and (out / "adapter.safetensors").exists():
-        model, _ = load_adapter(out / "adapter.safetensors", loaded.model, model_fingerprint(loaded.model))
+        adapter, extra = out / "adapter.safetensors", ()
     elif args.init_adapter:
-        model, _ = load_adapter(args.init_adapter, loaded.model, model_fingerprint(loaded.model),
-                                add_lora_targets=args.config().lora_targets)
+        adapter, extra = args.init_adapter, args.config().lora_targets
     else:
-        model = CometModel.create(loaded.model, args.config(), seed=args.seed)
-    return loaded, model, model_fingerprint(loaded.model)
+        adapter, extra = None, ()
+    engine = load(args.model, args.precision, adapter, device=None if device is None else str(device),
+                  threads=torch.get_num_threads(), trainable=True, config=args.config(), seed=args.seed,
+                  add_lora_targets=extra)
+    model = engine.model
+    model.cfg = model.mem.cfg = replace(model.cfg, priming=args.priming)
+    return engine, engine.base_fingerprint
 
 
-def train(args: TrainArgs, on_step: Callable[[dict], None] | None = None) -> dict:
-    """Run training; returns the last step's record. Safe to stop at any time: rerun with resume=True."""
+def heldout(model: CometModel, tok, args: TrainArgs, weights: dict[str, float], level: int) -> dict:
+    """Generated answers on eval-split samples of `level` chunks, for each gated task in the mix (the same
+    samples every time: a seeded rng per task and length). Returns {task: accuracy, "acc": their mean}."""
+    from ..evaluate import heldout_accuracy
+
+    tasks = [t for t in GATED if weights.get(t)] or [t for t in weights if weights[t]]
+    n_tokens = level * model.cfg.chunk_size
+    res = {t: heldout_accuracy(model, tok, t, n_tokens, args.eval_samples)[0] for t in tasks}
+    return dict(res, acc=sum(res.values()) / len(res), level=level, tokens=n_tokens)
+
+
+def train(args: TrainArgs, on_step: Callable[[dict], None] | None = None, pp: int = 1,
+          timeout_s: float = 600.0) -> dict:
+    """The training loop, for one process or pp x dp processes under torchrun (pipeline.py): every rank
+    draws the same samples from the same rng (one step = accum x dp samples, sample k on replica k % dp),
+    so the curriculum and rng stay identical everywhere. With pp = 1 a replica runs its samples as one
+    batch; with pp > 1 each sample is swept through the pipeline. Rank 0 alone logs, evaluates, calls
+    `on_step` and writes checkpoints (every `save_every` steps and at the end; a single process also on
+    Ctrl-C, keeping every completed step). Safe to stop at any time: rerun with resume=True. Returns the
+    last step's record."""
+    distributed = pp > 1 or int(os.environ.get("WORLD_SIZE", "1")) > 1
+    own_group = distributed and not dist.is_initialized()
+    mesh = init_mesh(pp, timeout_s) if distributed else Mesh()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    loaded, model, base_fp = build_model(args)
-    tok, cfg = loaded.tokenizer, model.cfg
+    engine, base_fp = build_model(args, mesh.device)
+    model, tok, cfg, loaded = engine.model, engine.tok, engine.model.cfg, engine.loaded
     opt = _optimizer(model, args)
+    params = list(model.mem.trainable().values())
     weights = args.task_weights()
     cur = curriculum(args, weights)
     rng = random.Random(args.seed)
     step, seen_tokens, elapsed0 = resume_progress(args, out, opt, model, cur, rng)
-    t0, record = time.time(), {}
+    t0, record, saved_at = time.time(), {}, step
+
+    def save() -> None:
+        nonlocal saved_at
+        if mesh.rank == 0:
+            save_checkpoint(out, model, opt, base_fp, loaded.name, args, step, seen_tokens, cur, rng,
+                            elapsed0 + time.time() - t0)
+        saved_at = step
+
+    def evaluate_now() -> dict | None:
+        """Held-out generated accuracy at the current level (rank 0 computes it, every rank learns it),
+        appended to out/eval.jsonl."""
+        acc = torch.zeros(1, dtype=torch.float64, device=mesh.device)
+        ev = None
+        if mesh.rank == 0:
+            te = time.time()
+            ev = heldout(model, tok, args, weights, cur.level)
+            acc[0] = ev["acc"]
+        if mesh.world > 1:
+            all_reduce(acc, "held-out accuracy")
+        if cur.gate(float(acc[0])) and mesh.rank == 0:
+            ev["promoted_to"] = cur.level
+        if mesh.rank == 0:
+            ev.update(seconds=round(time.time() - te, 1))
+            line = {"step": step, "seen_tokens": seen_tokens, "elapsed": elapsed0 + time.time() - t0, **ev}
+            with open(out / "eval.jsonl", "a") as f:
+                f.write(json.dumps(line) + "\n")
+        return ev
+
     stepping = False  # True while the weights are between two completed steps
     try:
+        if args.eval_every and step == 0:
+            evaluate_now()  # the curve's starting point
         while step < args.steps:
-            if args.time_limit_min and time.time() - t0 > 60 * args.time_limit_min:
+            stop = torch.zeros(1, device=mesh.device)
+            if mesh.rank == 0 and args.time_limit_min and time.time() - t0 > 60 * args.time_limit_min:
+                stop[0] = 1
+            if mesh.world > 1:
+                all_reduce(stop, "stop flag")
+            if stop[0]:
                 break
             ts = time.time()
             mult = lr_at(step, args)
             for g in opt.param_groups:
                 g["lr"] = g["base_lr"] * mult
             opt.zero_grad(set_to_none=True)
-            loss_sum, n_tok, exact_n, text_tok = 0.0, 0, 0, 0
-            per_task: dict[str, list[float]] = {}  # task -> [answer loss per token, exact] of each sample
-            for _ in range(args.accum):
-                level, task, enc = draw(args, cur, rng, weights, tok, cfg)
-                # per-cell checkpointing trades ~30% more compute for flat memory: only worth it on long samples
-                loss, exact = sample_loss(model, enc, args.grad_ckpt and len(enc.chunks) > args.ckpt_above)
-                (loss / (enc.n_target * args.accum)).backward()
-                value = loss.item()
-                loss_sum += value
-                n_tok += enc.n_target
-                exact_n += exact
-                text_tok += sum(map(len, enc.chunks)) + len(enc.live)
-                per_task.setdefault(task, []).append([round(value / enc.n_target, 4), int(exact)])
-                cur.record(level, exact, task)
-            params = list(model.mem.trainable().values())
+            batch = draw(args, cur, rng, weights, tok, cfg, args.accum * mesh.dp)
+            mine = [k for k in range(len(batch)) if k % mesh.dp == mesh.d]
+            # stats: loss sum, answer tokens, text tokens, then per sample: loss, exact
+            stats = torch.zeros(3 + 2 * len(batch), dtype=torch.float64, device=mesh.device)
+            busy = wall = 0.0
+            ckpt = args.grad_ckpt and len(batch[0].enc.chunks) > args.ckpt_above
+            if mesh.pp == 1:
+                encs = [batch[k].enc for k in mine]
+                loss, exact = batch_loss(model, encs, ckpt)
+                values = loss.detach().tolist()
+                scale = torch.tensor([1.0 / (e.n_target * args.accum) for e in encs], device=loss.device)
+                (loss * scale).sum().backward()
+                for j, k in enumerate(mine):
+                    stats[3 + 2 * k], stats[4 + 2 * k] = values[j], float(exact[j])
+            else:
+                for k in mine:
+                    enc = batch[k].enc
+                    r = pipeline_step(model, enc, mesh, 1.0 / (enc.n_target * args.accum), ckpt)
+                    busy, wall = busy + r.wall - r.waited, wall + r.wall
+                    if r.loss is not None:
+                        stats[3 + 2 * k], stats[4 + 2 * k] = r.loss, float(r.exact)
+            for k in mine:
+                if mesh.pp == 1 or stats[3 + 2 * k]:
+                    stats[0] += stats[3 + 2 * k]
+                    stats[1] += batch[k].enc.n_target
+                    stats[2] += batch[k].text_tokens
+            if mesh.world > 1:
+                all_reduce(stats, "step statistics")
+            sync_grads(params, mesh)
+            per_task: dict[str, list] = {}  # task -> [answer loss per token, exact] of each sample
+            for k, d in enumerate(batch):
+                value, ok = float(stats[3 + 2 * k]), bool(stats[4 + 2 * k] > 0)
+                per_task.setdefault(d.task, []).append([round(value / d.enc.n_target, 4), int(ok)])
+                cur.record(d.level, ok, d.task)
             gnorm = float(torch.nn.utils.clip_grad_norm_(params, args.clip))
             stepping = True
             opt.step()
-            cur.end_step()
             step += 1
-            seen_tokens += text_tok
+            seen_tokens += int(stats[2])
             stepping = False
             dt = time.time() - ts
-            record = {"step": step, "loss": loss_sum / max(1, n_tok), "exact": exact_n / args.accum,
-                      "level": cur.level, "level_acc": cur.accuracy(), "grad_norm": gnorm, "lr_mult": mult,
-                      "tokens_per_s": text_tok / dt, "seen_tokens": seen_tokens, "step_s": dt,
-                      "elapsed": elapsed0 + time.time() - t0, "tasks": per_task}
-            with open(out / "log.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
-            if on_step:
-                on_step(record)
-            if step % args.save_every == 0 or step == args.steps:
-                save_checkpoint(out, model, opt, base_fp, loaded.name, args, step, seen_tokens, cur, rng,
-                                elapsed0 + time.time() - t0)
-    except KeyboardInterrupt:  # Ctrl-C: keep every completed step (not one cut inside opt.step())
-        if not stepping:
-            save_checkpoint(out, model, opt, base_fp, loaded.name, args, step, seen_tokens, cur, rng,
-                            elapsed0 + time.time() - t0)
+            level = cur.level
+            cur.end_step()
+            record = {"step": step, "loss": float(stats[0] / max(1.0, float(stats[1]))),
+                      "exact": float(stats[4::2].mean()), "level": level, "level_acc": cur.accuracy(),
+                      "grad_norm": gnorm, "lr_mult": mult, "tokens_per_s": float(stats[2]) / dt,
+                      "seen_tokens": seen_tokens, "step_s": dt, "elapsed": elapsed0 + time.time() - t0,
+                      "tasks": per_task}
+            if distributed:
+                record.update(pipeline=pp, data_parallel=mesh.dp, rank0_busy=busy / wall if wall else 0.0)
+            if args.eval_every and step % args.eval_every == 0:
+                record["eval"] = evaluate_now()
+            if mesh.rank == 0:
+                with open(out / "log.jsonl", "a") as f:
+                    f.write(json.dumps(record) + "\n")
+                if on_step:
+                    on_step(record)
+            if step % args.save_every == 0:
+                save()
+    except KeyboardInterrupt:  # Ctrl-C: one process keeps every completed step (not one cut inside opt.step())
+        if not distributed and not stepping and saved_at != step:
+            save()
         raise
-    save_checkpoint(out, model, opt, base_fp, loaded.name, args, step, seen_tokens, cur, rng,
-                    elapsed0 + time.time() - t0)
+    if saved_at != step:
+        save()
+    if mesh.world > 1:
+        dist.barrier()  # the checkpoint is complete before any rank moves on (or resumes from it)
+        if own_group:
+            dist.destroy_process_group()
     return record
 
 

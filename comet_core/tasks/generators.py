@@ -1,0 +1,329 @@
+"""The task generators. Every generator takes a Hugging Face tokenizer, a target context length in
+tokens, an ``rng`` (``random.Random``: the only source of randomness, so a seed fixes the sample) and a
+``split`` (``"train"`` or ``"eval"``); filler, needles and questions all come from that split only."""
+
+from __future__ import annotations
+
+import random
+import re
+import string
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .corpus import SPLITS, _docs_cached, _root, _split_items, _squad
+from .haystack import LENGTH_TOLERANCE, _depth, _haystack, _Insert, _ntok, _prose_stream, _Stream, _Unit, _units
+
+TASKS: tuple[str, ...] = ("passkey", "needle_qa", "multi_needle", "vartrack", "recall", "lm")
+
+
+@dataclass
+class Sample:
+    context: str  # the long document text that is read into memory
+    question: str  # the user's question ("" for task "lm": continue the document)
+    answer: str  # the target answer (no end-of-turn token)
+    task: str  # one of TASKS
+    answers: list[str] = field(default_factory=list)  # all gold answers (needle_qa), else [answer]
+    meta: dict[str, Any] = field(default_factory=dict)  # diagnostics: depth(s), doc ids, token count
+
+
+# ----------------------------------------------------------------------------------------------
+# Tasks
+# ----------------------------------------------------------------------------------------------
+
+_PASSKEY_NEEDLES = (
+    "The pass key is {k}. Remember it. {k} is the pass key.",
+    "The passkey is {k}. Remember it. {k} is the passkey.",
+    "The pass key is {k}. Remember it: {k} is the pass key.",
+    "Remember this pass key: {k}. The pass key is {k}.",
+    "Important: the secret pass key is {k}. Keep it in mind, because {k} is the pass key.",
+    "Note that the pass key is {k}. I repeat, the pass key is {k}.",
+    "Here is the pass key you will need later: {k}. Once more, the pass key is {k}.",
+)
+_PASSKEY_QUESTIONS = (
+    "What is the pass key?",
+    "What is the passkey?",
+    "What is the pass key mentioned in the text?",
+    "Which number is the pass key?",
+    "Tell me the pass key.",
+    "What was the pass key I asked you to remember?",
+    "What is the pass key? Answer with the number only.",
+    "The text contains a pass key. What is it?",
+)
+_PASSKEY_INTROS = (
+    "There is an important info hidden inside a lot of irrelevant text. Find it and memorize it. "
+    "I will quiz you about the important information there.",
+    "Somewhere in the following text there is a pass key. Find it and remember it.",
+    "Read the following text carefully. It hides a pass key that you must remember.",
+)
+
+
+def _number(rng: random.Random, digits: int) -> str:
+    return str(rng.randint(10 ** (digits - 1), 10**digits - 1))
+
+
+def make_passkey(tokenizer: Any, n_tokens: int, rng: random.Random, split: str = "train",
+                 depth: float | None = None) -> Sample:
+    """Landmark-Attention passkey retrieval over real essay/play text, with varied phrasing."""
+    root = _root()
+    d = _depth(rng, depth)
+    digits = 5 if rng.random() < 0.6 else rng.choice((4, 6, 7))
+    key = _number(rng, digits)
+    needle = rng.choice(_PASSKEY_NEEDLES).format(k=key)
+    intro = rng.choice(_PASSKEY_INTROS) if rng.random() < 0.5 else None
+    question = rng.choice(_PASSKEY_QUESTIONS)
+    stream = _prose_stream(tokenizer, root, rng, split)
+    context, meta = _haystack(tokenizer, n_tokens, stream, [_Insert(d, needle)], intro)
+    meta.update(depth=meta["depths"][0], needle=needle, requested_depth=d,
+                needle_end=meta["char_positions"][0] + len(needle))
+    return Sample(context, question, key, "passkey", [key], meta)
+
+
+def make_needle_qa(tokenizer: Any, n_tokens: int, rng: random.Random, split: str = "train",
+                   depth: float | None = None) -> Sample:
+    """A SQuAD paragraph (at most 60% of ``n_tokens``) hidden as its own paragraph among unrelated
+    Wikipedia (HotpotQA) paragraphs (60%) or essays (40%). ``answers`` holds every gold answer."""
+    root = _root()
+    d = _depth(rng, depth)
+    arts = [a for a in _split_items(_squad(root), split) if any(q for _, q in a.paragraphs)]
+    if not arts:
+        raise ValueError(f"no answerable SQuAD questions in split {split!r}")
+    for _ in range(50):  # a paragraph that leaves room for filler
+        art = rng.choice(arts)
+        ctx, qas = rng.choice([(c, qs) for c, qs in art.paragraphs if qs])
+        if _ntok(tokenizer, ctx) <= 0.6 * n_tokens:
+            break
+    else:
+        raise ValueError(f"n_tokens={n_tokens} is too small for SQuAD paragraphs")
+    qa = rng.choice(qas)
+    if rng.random() < 0.6:
+        pool = _docs_cached(root, "wiki", split)
+        if not pool:  # no hotpotqa.json: other SQuAD articles' paragraphs
+            pool = tuple(x for x in _docs_cached(root, "squad", split) if not x.id.startswith(art.id + "#"))
+        stream = _Stream(tokenizer, root, pool or _docs_cached(root, "essays", split), rng)
+        filler = "wiki"
+    else:
+        stream = _Stream(tokenizer, root, _docs_cached(root, "essays", split), rng)
+        filler = "essays"
+    context, meta = _haystack(tokenizer, n_tokens, stream, [_Insert(d, ctx, "para")])
+    meta.update(depth=meta["depths"][0], squad_article=art.id, filler=filler, requested_depth=d)
+    return Sample(context, qa.question, qa.answers[0], "needle_qa", list(qa.answers), meta)
+
+
+_WORDS = (
+    "apple", "anchor", "badger", "balloon", "banjo", "barrel", "beacon", "bicycle", "blossom", "bottle",
+    "bridge", "bucket", "butterfly", "cabin", "cactus", "camera", "candle", "canyon", "carpet", "castle",
+    "cedar", "chimney", "cinnamon", "clover", "comet", "compass", "copper", "cottage", "crystal", "dolphin",
+    "dragon", "drum", "eagle", "ember", "falcon", "feather", "fiddle", "forest", "fountain", "galaxy",
+    "garden", "glacier", "goblet", "granite", "harbor", "hammer", "hazel", "helmet", "island", "ivory",
+    "jasmine", "jigsaw", "kettle", "kitten", "ladder", "lantern", "lemon", "lighthouse", "lizard", "magnet",
+    "maple", "marble", "meadow", "mirror", "monkey", "mountain", "needle", "nutmeg", "oasis", "octopus",
+    "orchard", "otter", "paddle", "panther", "parrot", "pebble", "pepper", "piano", "pillow", "planet",
+    "pocket", "pumpkin", "quartz", "quill", "rabbit", "raven", "ribbon", "river", "rocket", "saddle",
+    "sapphire", "scarf", "shovel", "silver", "spider", "spruce", "squirrel", "stamp", "statue", "sunflower",
+    "teapot", "thimble", "thunder", "tiger", "tulip", "turtle", "umbrella", "valley", "velvet", "violin",
+    "volcano", "wagon", "walnut", "whistle", "willow", "window", "wizard", "yacht", "zebra", "zeppelin",
+)
+_CODE_NEEDLES = (
+    "The code for {w} is {n}.",
+    "The secret code for {w} is {n}.",
+    "Remember: the code for {w} is {n}.",
+    "Note that the code for {w} is {n}.",
+    "For {w}, the code is {n}.",
+)
+_CODE_QUESTIONS = (
+    "What is the code for {w}?",
+    "What is the secret code for {w}?",
+    "Which number is the code for {w}?",
+    "The text gives a code for {w}. What is it?",
+    "Tell me the code for {w}.",
+)
+
+
+def make_multi_needle(tokenizer: Any, n_tokens: int, rng: random.Random, split: str = "train",
+                      depth: float | None = None) -> Sample:
+    """2-4 "The code for <word> is <number>." facts at random depths; the question asks for one.
+    With ``depth`` given, the asked-for fact is placed at that depth."""
+    root = _root()
+    k = rng.randint(2, 4)
+    words = rng.sample(_WORDS, k)
+    numbers: list[str] = []
+    while len(numbers) < k:
+        n = _number(rng, rng.choice((4, 5, 5, 6, 7)))
+        if n not in numbers:
+            numbers.append(n)
+    target = rng.randrange(k)
+    depths = [rng.random() for _ in range(k)]
+    if depth is not None:
+        depths[target] = _depth(rng, depth)
+    inserts = [_Insert(dd, rng.choice(_CODE_NEEDLES).format(w=w, n=n))
+               for dd, w, n in zip(depths, words, numbers, strict=True)]
+    question = rng.choice(_CODE_QUESTIONS).format(w=words[target])
+    stream = _prose_stream(tokenizer, root, rng, split)
+    context, meta = _haystack(tokenizer, n_tokens, stream, inserts)
+    order = sorted(range(k), key=lambda i: depths[i])
+    meta.update(facts=dict(zip(words, numbers, strict=True)), key=words[target],
+                depth=meta["depths"][order.index(target)])
+    return Sample(context, question, numbers[target], "multi_needle", [numbers[target]], meta)
+
+
+_VT_INTROS = (
+    "Memorize and track the chain(s) of variable assignment hidden in the following text.",
+    "The following text hides some variable assignments. Keep track of them.",
+)
+_VT_QUESTIONS = (
+    "Find all variables that are assigned the value {v} in the text above.",
+    "Which variables hold the value {v}?",
+    "List every variable whose value is {v}.",
+    "Following the chain of assignments, which variables end up equal to {v}?",
+)
+
+
+def make_vartrack(tokenizer: Any, n_tokens: int, rng: random.Random, split: str = "train",
+                  depth: float | None = None) -> Sample:
+    """RULER-style variable tracking: ``VAR A = 12345.`` then ``VAR B = VAR A.`` ... spread through
+    real text; one distractor chain half the time. Answer: the target chain's names, comma-separated,
+    in order of assignment. With ``depth`` given, the target chain starts at that depth."""
+    root = _root()
+    n_chains = 2 if rng.random() < 0.5 else 1
+    names: list[str] = []
+    values: list[str] = []
+    chains: list[list[str]] = []
+    for _ in range(n_chains):
+        hops = rng.randint(2, 4)
+        chain = []
+        while len(chain) < hops + 1:
+            name = "".join(rng.choice(string.ascii_uppercase) for _ in range(5))
+            if name not in names:
+                names.append(name)
+                chain.append(name)
+        chains.append(chain)
+        v = _number(rng, 5)
+        while v in values:
+            v = _number(rng, 5)
+        values.append(v)
+    inserts: list[_Insert] = []
+    for c, (chain, v) in enumerate(zip(chains, values, strict=True)):
+        if c == 0 and depth is not None:
+            start = _depth(rng, depth)
+            ds = [start] + sorted(start + (1 - start) * rng.random() for _ in chain[1:])
+        else:
+            ds = sorted(rng.random() for _ in chain)
+        for j, name in enumerate(chain):
+            rhs = v if j == 0 else f"VAR {chain[j - 1]}"
+            inserts.append(_Insert(ds[j], f"VAR {name} = {rhs}."))
+    intro = rng.choice(_VT_INTROS) if rng.random() < 0.5 else None
+    question = rng.choice(_VT_QUESTIONS).format(v=values[0])
+    stream = _prose_stream(tokenizer, root, rng, split)
+    context, meta = _haystack(tokenizer, n_tokens, stream, inserts, intro)
+    answer = ", ".join(chains[0])
+    meta.update(chains=[list(c) for c in chains], values=values)
+    return Sample(context, question, answer, "vartrack", [answer], meta)
+
+
+_RECALL_QUESTIONS = (
+    'Quote the text above from "{cue}" on: what comes next?',
+    'Continue the quotation from the text: "{cue}"',
+    'In the text, what words follow "{cue}"?',
+    'Repeat the passage that starts with "{cue}", word for word.',
+)
+
+
+def make_recall(tokenizer: Any, n_tokens: int, rng: random.Random, split: str = "train",
+                depth: float | None = None) -> Sample:
+    """Verbatim recall: the question quotes 5-10 words of the context (a cue at ``depth``) and the
+    answer is the 16-48 words that follow them there: about ten times a passkey's answer tokens per
+    sample, each predictable from memory beyond what the language prior guesses."""
+    root = _root()
+    d = _depth(rng, depth)
+    stream = _prose_stream(tokenizer, root, rng, split)
+    context, meta = _haystack(tokenizer, n_tokens, stream, [])
+    words = [(m.start(), m.group()) for m in re.finditer(r"\S+", context)]
+    n_cue, n_ans = rng.randint(5, 10), rng.randint(16, 48)
+    if len(words) < n_cue + n_ans:
+        raise ValueError(f"n_tokens={n_tokens} is too small for a recall sample")
+    i = round(d * (len(words) - n_cue - n_ans))
+    cue = " ".join(w for _, w in words[i:i + n_cue])
+    answer = " ".join(w for _, w in words[i + n_cue:i + n_cue + n_ans])
+    last = words[i + n_cue + n_ans - 1]
+    meta.update(depth=words[i][0] / max(1, len(context)), cue=cue, requested_depth=d,
+                needle_end=last[0] + len(last[1]))
+    return Sample(context, rng.choice(_RECALL_QUESTIONS).format(cue=cue), answer, "recall", [answer], meta)
+
+
+def make_lm(tokenizer: Any, n_tokens: int, rng: random.Random, split: str = "train",
+            depth: float | None = None, answer_tokens: int | None = None) -> Sample:
+    """Language modelling: ``context`` is a passage of a play or essay, ``question`` is "" and
+    ``answer`` is the text that follows it (64-256 tokens, at a word boundary, leading whitespace
+    stripped). ``depth`` is ignored."""
+    del depth
+    root = _root()
+    family = "plays" if rng.random() < 0.5 else "essays"
+    docs = list(_docs_cached(root, family, split))
+    want = answer_tokens if answer_tokens is not None else rng.randint(64, 256)
+    first = None
+    for _ in range(6):  # prefer one document that holds context + answer
+        doc = rng.choice(docs)
+        units = _units(tokenizer, root, doc)
+        cum = 0
+        suffix = [0] * (len(units) + 1)
+        for i in range(len(units) - 1, -1, -1):
+            cum += units[i].ntok
+            suffix[i] = cum
+        starts = [i for i, u in enumerate(units) if u.para and suffix[i] >= n_tokens + want + 8]
+        if starts:
+            first = (doc, rng.choice(starts))
+            break
+    stream = _Stream(tokenizer, root, docs, rng, first=first)
+    units: list[_Unit] = []
+    budget = n_tokens
+    tol = max(2, int(LENGTH_TOLERANCE * n_tokens))
+    context, nxt, rest, length = "", 0, "", 0
+    for _ in range(5):
+        units, nxt, rest = stream.take(budget)
+        context = "".join(("" if i == 0 else u.sep) + u.text for i, u in enumerate(units))
+        length = _ntok(tokenizer, context)
+        if abs(length - n_tokens) <= tol:
+            break
+        budget += n_tokens - length
+    # The continuation: the cut unit's remainder, then the following units.
+    cont = [rest] if rest else []
+    i = nxt
+    while _ntok(tokenizer, "".join(cont)) < want and i < nxt + 400:
+        u = stream.get(i)
+        cont.append(u.sep + u.text)
+        i += 1
+    text = "".join(cont)
+    words = re.split(r"(\s+)", text)
+    lo, hi = 1, (len(words) + 1) // 2
+    while lo < hi:  # shortest word prefix with >= want tokens
+        mid = (lo + hi) // 2
+        if _ntok(tokenizer, "".join(words[: 2 * mid - 1])) >= want:
+            hi = mid
+        else:
+            lo = mid + 1
+    answer = "".join(words[: 2 * lo - 1]).strip()
+    meta = {"n_tokens": length, "doc_ids": sorted({u.doc for u in units if u.doc}),
+            "answer_sep": text[: len(text) - len(text.lstrip())], "family": family}
+    return Sample(context, "", answer, "lm", [answer], meta)
+
+
+_MAKERS: dict[str, Callable[..., Sample]] = {
+    "passkey": make_passkey,
+    "needle_qa": make_needle_qa,
+    "multi_needle": make_multi_needle,
+    "vartrack": make_vartrack,
+    "recall": make_recall,
+    "lm": make_lm,
+}
+
+
+def make_sample(task: str, tokenizer: Any, n_tokens: int, rng: random.Random, split: str = "train",
+                depth: float | None = None) -> Sample:
+    """One sample of ``task`` whose context has about ``n_tokens`` tokens (within ~1%, at least a few
+    tokens). Raises ``DataMissingError`` if the data folder is missing."""
+    if task not in _MAKERS:
+        raise ValueError(f"unknown task {task!r}; choose from {TASKS}")
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    return _MAKERS[task](tokenizer, n_tokens, rng, split, depth)
