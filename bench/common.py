@@ -25,6 +25,10 @@ from pathlib import Path
 
 import torch
 
+from comet_cli.values import fmt_tokens, parse_token_list, parse_tokens
+from comet_core.config import CometConfig
+from comet_core.engine import Engine, load, shipped_adapter
+
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
 RESULT_TAG = "RESULT "
@@ -32,10 +36,6 @@ MiB = 1 << 20
 
 
 # --- processes, threads, memory -------------------------------------------------------------------------
-
-def set_threads(n: int) -> None:
-    torch.set_num_threads(n)
-
 
 def rss_mb() -> float:
     """Current resident set size of this process (MiB)."""
@@ -106,23 +106,8 @@ def child_main(argv: list[str] | None, fn: Callable[[dict], dict]) -> bool:
 
 # --- sizes ------------------------------------------------------------------------------------------------
 
-def parse_size(s: str) -> int:
-    """'4k' -> 4096, '1M' -> 1048576, '1000' -> 1000."""
-    s = s.strip()
-    mult = {"k": 1 << 10, "m": 1 << 20}.get(s[-1:].lower(), 1)
-    return int(float(s[:-1] if mult > 1 else s) * mult)
-
-
-def parse_sizes(s: str) -> list[int]:
-    return [parse_size(x) for x in s.split(",") if x.strip()]
-
-
-def fmt_size(n: int) -> str:
-    if n >= 1 << 20 and n % (1 << 20) == 0:
-        return f"{n >> 20}M"
-    if n >= 1 << 10 and n % (1 << 10) == 0:
-        return f"{n >> 10}k"
-    return str(n)
+# Token counts (4k, 1M): comet_cli.values's parser and formatter, under the benchmarks' names.
+parse_size, parse_sizes, fmt_size = parse_tokens, parse_token_list, fmt_tokens
 
 
 # --- text -------------------------------------------------------------------------------------------------
@@ -204,53 +189,21 @@ def model_params(a: argparse.Namespace) -> dict:
                                       ("n_global", a.n_global), ("budget", a.budget)) if v is not None}}
 
 
-def _adapter_path(model: str | None, adapter: str | None) -> Path | None:
-    if adapter in (None, "none"):
-        return None
-    if adapter != "auto":
-        return Path(adapter)
-    if model not in (None, "smollm2"):
-        return None
-    path = REPO / "comet_core" / "adapters" / "smollm2.safetensors"
-    return path if path.is_file() else None
+def load_engine(p: dict, precision: str, memory: bool = True) -> Engine:
+    """comet_core.engine.load with the model arguments: the backbone at `precision` (threads set) with
+    memory from --adapter ('auto': the shipped one if any, else an untrained memory with the overrides;
+    'none': untrained), or, memory=False, the backbone alone."""
+    a = p.get("adapter")
+    path = shipped_adapter(p.get("model")) if a == "auto" else None if a in (None, "none") else Path(a)
+    if memory and path is not None and p.get("cfg"):
+        raise ValueError("--chunk-size/--stride/--n-global/--budget apply to an untrained memory only")
+    return load(p.get("model"), precision, path, threads=p.get("threads", 2), memory=memory,
+                config=CometConfig(**p.get("cfg", {})))
 
 
-@dataclass
-class Setup:
-    comet: object  # comet_core.model.CometModel
-    tok: object
-    loaded: object  # comet_core.loading.Loaded
-    adapter: str | None
-    load_s: float
-    load_peak_mb: float
-
-
-def load_lm(p: dict, precision: str):
-    """The plain backbone (comet_core.loading.Loaded), with threads set."""
-    from comet_core.loading import load_model
-
-    set_threads(p.get("threads", 2))
-    return load_model(p.get("model"), precision)
-
-
-def load_comet(p: dict, precision: str) -> Setup:
-    """Backbone at `precision` + CoMeT memory (the adapter's settings, or CometConfig() with overrides)."""
-    from comet_core.adapter import load_adapter
-    from comet_core.config import CometConfig
-    from comet_core.loading import model_fingerprint
-    from comet_core.model import CometModel
-
-    t0 = time.perf_counter()
-    loaded = load_lm(p, precision)
-    path = _adapter_path(p.get("model"), p.get("adapter"))
-    if path is not None:
-        if p.get("cfg"):
-            raise ValueError("--chunk-size/--stride/--n-global/--budget apply to an untrained memory only")
-        comet, _ = load_adapter(path, loaded.model, model_fingerprint(loaded.model))
-    else:
-        comet = CometModel.create(loaded.model, CometConfig(**p.get("cfg", {})))
-    return Setup(comet, loaded.tokenizer, loaded, str(path) if path else None, time.perf_counter() - t0,
-                 peak_rss_mb())
+def adapter_name(e: Engine) -> str | None:
+    """The adapter file a benchmark's memory came from, for its JSON (None: untrained)."""
+    return str(e.adapter_path) if e.adapter_path else None
 
 
 # --- reading ----------------------------------------------------------------------------------------------
@@ -346,7 +299,7 @@ def flops_per_text_token(comet) -> dict:
 
     A full chunk has S = P + N positions: a prefix of P = [sink] + G + B_T rows (the sink token, global
     and temp memory slots) whose outputs are discarded, so they skip o_proj and the MLP
-    (comet_core/prefix.py, spec 1.6 [opt]), and N = c + ceil(c/s) + G body rows (text, temp beacons,
+    (comet_core/prefix.py), and N = c + ceil(c/s) + G body rows (text, temp beacons,
     global beacons). Per chunk, layer:
         linears     2 * P_layer * N + 2 * P_qkv * P   (P_layer: weights of q,k,v,o,gate,up,down; P_qkv: q,k,v)
         attention   2 * 2 * d_attn * S(S+1)/2         (QK^T and AV, causal over all S rows)
@@ -433,6 +386,15 @@ def write_json(path: Path | None, default_name: str, payload: dict) -> Path:
     path = path or RESULTS / default_name
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=1))
+    return path
+
+
+def finish(path: Path | None, default_name: str, payload: dict) -> Path:
+    """The end of a benchmark: the load warning again (payload["warning"]), the JSON written, where to."""
+    if payload.get("warning"):
+        print("WARNING:", payload["warning"])
+    path = write_json(path, default_name, payload)
+    print(f"\nwrote {path}")
     return path
 
 

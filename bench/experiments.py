@@ -1,7 +1,7 @@
 """Engine optimisations, measured: reading speed with each of the engine's optimisations switched off.
 
 The engine (comet_core) reads with three optimisations that came out of this script's prototypes:
-  kv_only     the memory slots and the sink only give keys/values (comet_core/prefix.py, spec 1.6 [opt])
+  kv_only     the memory slots and the sink only give keys/values (comet_core/prefix.py)
   dense       quantised weights dequantised to bf16 (LoRA folded in) once per layer visit (comet_core/dense.py)
   sink_cache  the sink token's per-layer states computed once, not at every read() call
 Variants (each applied around one read, then undone; the engine's files are not changed):
@@ -132,17 +132,17 @@ def main(argv: list[str] | None = None) -> dict:
            "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(a).items()}, "precisions": {}}
     text = Path(a.text) if a.text else None
     for prec in [x for x in a.precisions.split(",") if x]:
-        s = C.load_comet(p, prec)
-        C.warm_up(s.comet, s.tok, C.prose_pieces(text, seed=9), 4)
+        e = C.load_engine(p, prec)
+        C.warm_up(e.model, e.tok, C.prose_pieces(text, seed=9), 4)
         best: dict[str, float] = {}
         states: dict[str, object] = {}
         for _ in range(a.rounds):
             for name in names:
                 block, ctx = VARIANTS[name]
-                with torch.no_grad(), ctx(s.comet):
-                    C.read(s.comet, s.tok, s.comet.cfg.chunk_size * block, C.prose_pieces(text, seed=8), block)
+                with torch.no_grad(), ctx(e.model):
+                    C.read(e.model, e.tok, e.model.cfg.chunk_size * block, C.prose_pieces(text, seed=8), block)
                     t0 = time.perf_counter()
-                    r = C.read(s.comet, s.tok, n, C.prose_pieces(text, seed=1), block)
+                    r = C.read(e.model, e.tok, n, C.prose_pieces(text, seed=1), block)
                     dt = time.perf_counter() - t0
                 best[name] = max(best.get(name, 0.0), r.tokens / dt)
                 states[name] = r.state
@@ -152,15 +152,12 @@ def main(argv: list[str] | None = None) -> dict:
             same = "base" in states and states["base"].chunks == states[name].chunks
             diff = state_diff(states["base"], states[name]) if same else None
             rows.append([name, VARIANTS[name][0], best[name], f"{best[name] / base - 1:+.1%}" if base else None, diff])
-        C.print_table(f"{prec}: reading {n:,} tokens, best of {a.rounds} (config {s.comet.cfg.settings()})",
+        C.print_table(f"{prec}: reading {n:,} tokens, best of {a.rounds} (config {e.model.cfg.settings()})",
                       ["variant", "block", "tokens/s", "vs base", "max rel. state diff vs base"], rows)
         out["precisions"][prec] = {r[0]: {"block": r[1], "tok_s": r[2], "vs_base": r[3], "state_diff": r[4]}
                                    for r in rows}
-        del s
-    if warn:
-        print("WARNING:", warn)
-    path = C.write_json(a.json_out, "experiments.json", out)
-    print(f"\nwrote {path}")
+        del e
+    C.finish(a.json_out, "experiments.json", out)
     return out
 
 

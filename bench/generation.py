@@ -2,9 +2,11 @@
 
 One fresh child per precision: load, read N tokens of prose into memory, then ask a question twice
 (the first call is "cold": first use of the 1-row kernels; the second is what a warm process sees).
-Answers are decoded greedily for a fixed number of tokens (stop tokens ignored), temp-beacon steps
-included in the wall time, as the CLI runs them. The backbone's own greedy decode (plain transformers
-forward with a KV cache, same prompt length, no memory) is timed alongside for reference.
+The question is laid out as the CLI asks it (answer.prepare: the pending tail beyond the adapter's priming
+length is read into memory first, inside the timed first token). Answers are decoded greedily for a fixed
+number of tokens (stop tokens ignored), temp-beacon steps included in the wall time, as the CLI runs them.
+The backbone's own greedy decode (plain transformers forward with a KV cache, as many positions as the
+live chunk, no memory) is timed alongside for reference.
 
     python -m bench.generation                    # ~3 min on a free 2-core CPU
 """
@@ -22,12 +24,15 @@ from bench import common as C
 QUESTION = "What is the main point of the text above? Answer in detail."
 
 
-def timed_generate(comet, state, prompt: list[int], n_new: int, n_vocab: int) -> dict:
+def timed_generate(comet, state, question: list[int], n_new: int, n_vocab: int) -> dict:
+    """Answer `question` (ids) from `state` in the answer layout, timing from before the layout is prepared."""
+    from comet_core.answer import prepare
     from comet_core.generate import generate
 
     t0 = time.perf_counter()
     times = []
-    for _ in generate(comet, state, prompt, max_new_tokens=n_new, stop_ids=(), n_vocab=n_vocab):
+    st, prompt = prepare(comet, state, question, comet.cfg.priming)
+    for _ in generate(comet, st, prompt, max_new_tokens=n_new, stop_ids=(), n_vocab=n_vocab):
         times.append(time.perf_counter() - t0)
     n = len(times)
     return {"ttft_s": times[0], "new_tokens": n,
@@ -53,22 +58,24 @@ def plain_decode(lm, prompt: list[int], n_new: int) -> dict:
 
 
 def child(p: dict) -> dict:
+    from comet_core.answer import prepare
     from comet_core.prompt import question_ids
 
-    s = C.load_comet(p, p["precision"])
+    e = C.load_engine(p, p["precision"])
     pieces = C.prose_pieces(Path(p["text"]) if p.get("text") else None, seed=1)
-    C.warm_up(s.comet, s.tok, pieces)
-    r = C.read(s.comet, s.tok, p["tokens"], pieces)
-    prompt = list(r.state.pending_ids) + question_ids(s.tok, QUESTION)
-    cold = timed_generate(s.comet, r.state, prompt, p["new_tokens"], len(s.tok))
-    warm = timed_generate(s.comet, r.state, prompt, p["new_tokens"], len(s.tok))
-    live = s.comet.live_layout(r.state, len(prompt)).length
+    C.warm_up(e.model, e.tok, pieces)
+    r = C.read(e.model, e.tok, p["tokens"], pieces)
+    question = question_ids(e.tok, QUESTION)
+    cold = timed_generate(e.model, r.state, question, p["new_tokens"], len(e.tok))
+    warm = timed_generate(e.model, r.state, question, p["new_tokens"], len(e.tok))
+    st, prompt = prepare(e.model, r.state, question, e.model.cfg.priming)
+    live = e.model.live_layout(st, len(prompt)).length
     out = {"precision": p["precision"], "read_tokens": r.tokens, "read_s": r.seconds, "prompt_tokens": len(prompt),
            "live_positions": live, "cold": cold, "warm": warm, "peak_rss_mb": C.peak_rss_mb()}
     if p.get("baseline", True):
-        plain_prompt = C.token_chunks(s.tok, pieces, live)  # same number of positions as the live chunk
-        plain_decode(s.loaded.model, plain_prompt[:32], 4)  # warm-up
-        out["plain"] = plain_decode(s.loaded.model, plain_prompt, p["new_tokens"])
+        plain_prompt = C.token_chunks(e.tok, pieces, live)  # same number of positions as the live chunk
+        plain_decode(e.lm, plain_prompt[:32], 4)  # warm-up
+        out["plain"] = plain_decode(e.lm, plain_prompt, p["new_tokens"])
     return out
 
 
@@ -97,12 +104,9 @@ def main(argv: list[str] | None = None) -> dict | None:
                   [[r["precision"], r["read_tokens"], r["prompt_tokens"], r["live_positions"], r["cold"]["ttft_s"],
                     r["warm"]["ttft_s"], r["warm"]["decode_tok_s"], r.get("plain", {}).get("ttft_s"),
                     r.get("plain", {}).get("decode_tok_s"), r["peak_rss_mb"]] for r in rows])
-    if warn:
-        print("WARNING:", warn)
     payload = {"benchmark": "generation", "machine": C.machine(), "warning": warn, "wall_s": time.time() - t0,
                "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(a).items()}, "runs": rows}
-    out = C.write_json(a.json_out, "generation.json", payload)
-    print(f"\nwrote {out}")
+    C.finish(a.json_out, "generation.json", payload)
     return payload
 
 

@@ -87,26 +87,26 @@ def kernel_table(shapes: list[tuple[str, int, int]], rows: int, with_4bit: bool)
 
 
 def measure_reading(p: dict, prec: str, n_tokens: int, block: int) -> dict:
-    s = C.load_comet(p, prec)
+    e = C.load_engine(p, prec)
     pieces = C.prose_pieces(Path(p["text"]) if p.get("text") else None, seed=1)
-    C.warm_up(s.comet, s.tok, pieces, block)
-    r = C.read(s.comet, s.tok, n_tokens, pieces, block=block)
-    fl = C.flops_per_text_token(s.comet)
+    C.warm_up(e.model, e.tok, pieces, block)
+    r = C.read(e.model, e.tok, n_tokens, pieces, block=block)
+    fl = C.flops_per_text_token(e.model)
     out = {"precision": prec, "block": block, "tokens": r.tokens, "seconds": r.seconds, "tok_s": r.tok_s,
            "flops_per_text_token": fl["flops_per_text_token"], "gflops": fl["flops_per_text_token"] * r.tok_s / 1e9,
-           "layout": fl, "config": s.comet.cfg.settings(), "adapter": s.adapter}
-    del s
+           "layout": fl, "config": e.model.cfg.settings(), "adapter": C.adapter_name(e)}
+    del e
     gc.collect()
     return out
 
 
 def measure_dense(p: dict, prec: str, chunk: int = 512, n_chunks: int = 16) -> dict:
-    loaded = C.load_lm(p, prec)
+    e = C.load_engine(p, prec, memory=False)
     pieces = C.prose_pieces(Path(p["text"]) if p.get("text") else None, seed=2)
-    r = C.dense_rate(loaded.model, loaded.tokenizer, pieces, n_chunks=n_chunks, chunk=chunk)
-    fpt = C.plain_flops_per_token(loaded.model, chunk)
-    shapes = layer_shapes(loaded.model)
-    del loaded
+    r = C.dense_rate(e.lm, e.tok, pieces, n_chunks=n_chunks, chunk=chunk)
+    fpt = C.plain_flops_per_token(e.lm, chunk)
+    shapes = layer_shapes(e.lm)
+    del e
     gc.collect()
     return {"precision": prec, **r, "flops_per_token": fpt, "gflops": fpt * r["tok_s"] / 1e9, "shapes": shapes}
 
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> dict:
     a = ap.parse_args(argv)
     global MIN_S
     MIN_S = a.min_seconds
-    C.set_threads(a.threads)
+    torch.set_num_threads(a.threads)
     warn = C.other_load()
     p = C.model_params(a)
     precs = [x for x in a.precisions.split(",") if x]
@@ -165,14 +165,11 @@ def main(argv: list[str] | None = None) -> dict:
     if four:
         frac = four["gflops"] / best["bf16"]
         print(f"target >= 50% of the matmul peak at 4bit: {C.verdict(frac >= 0.5)} ({frac:.0%})")
-    if warn:
-        print("WARNING:", warn)
     payload = {"benchmark": "hw_limit", "machine": C.machine(), "warning": warn, "wall_s": time.time() - t0,
                "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(a).items()},
                "matmul_peak_gflops": peak, "best_peak_gflops": best, "kernels": kernels, "dense": dense,
                "reading": reads}
-    out = C.write_json(a.json_out, "hw_limit.json", payload)
-    print(f"\nwrote {out}")
+    C.finish(a.json_out, "hw_limit.json", payload)
     return payload
 
 

@@ -27,15 +27,15 @@ import torch
 
 def measure(adapter: str, tasks: list[str], lengths: list[int], samples: int, precision: str,
             seed: int, model_spec: str | None = None) -> list[dict]:
-    from comet_core.adapter import load_adapter
-    from comet_core.loading import load_model, model_fingerprint
+    from comet_core.engine import load
+    from comet_core.evaluate import window as full_window
     from comet_core.tasks import make_sample
-    from comet_core.train.trainer import Encoded, encode, sample_loss
+    from comet_core.train.samples import Encoded, encode
+    from comet_core.train.trainer import sample_loss
 
-    loaded = load_model(model_spec, precision=precision)
-    model, _ = load_adapter(adapter, loaded.model, model_fingerprint(loaded.model))
-    tok, cfg = loaded.tokenizer, model.cfg
-    window = int(loaded.model.config.max_position_embeddings)  # as comet_core.evaluate's full attention
+    engine = load(model_spec, precision, adapter)
+    model, tok, cfg = engine.model, engine.tok, engine.model.cfg
+    window = full_window(engine)  # as comet_core.evaluate's full attention
     rows = []
     with torch.no_grad():
         for task in tasks:

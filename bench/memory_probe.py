@@ -22,18 +22,20 @@ from pathlib import Path
 
 import torch
 
+from comet_cli.plot import pyplot, save
+
 KEYS = ("48213", "90577", "31649", "76402", "15938", "62084", "83751", "27460")
 
 
 def samples(tok, cfg, n_keys: int, length: int, depth: float, seed: int):
     from comet_core.tasks import Sample, make_sample
-    from comet_core.train.trainer import encode
+    from comet_core.train.samples import encode
 
     base = make_sample("passkey", tok, length, random.Random(seed), "eval", depth=depth)
     out = []
     for k in KEYS[:n_keys]:
         s = Sample(base.context.replace(base.answer, k), base.question, k, "passkey")
-        out.append(encode(s, tok, cfg, random.Random(0)))
+        out.append(encode(s, tok, cfg, random.Random(0), n_ctx=length))  # exactly `length` tokens in memory
     return out
 
 
@@ -82,19 +84,14 @@ def learn(model, encs, steps: int, lr: float, lora_lr: float) -> list[float]:
 
 
 def plot(res: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot(range(1, len(res["curve"]) + 1), res["curve"], label="answer loss (per token)")
     ax.axhline(res["floor"], color="grey", linestyle="--", label=f"no-read floor ln({res['args']['keys']})/tokens")
     ax.set(xlabel="fine-tune step", ylabel="nats", yscale="log",
            title=f"{res['args']['keys']} keys, {res['n_chunks']} chunks in memory, depth {res['args']['depth']}")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save(fig, path)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -110,14 +107,15 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--out", default="bench/results/memory_probe.json")
     a = ap.parse_args(argv)
-    from comet_core.adapter import load_adapter
-    from comet_core.loading import load_model, model_fingerprint
+    from comet_core.engine import load
 
+    if a.steps:
+        pyplot()  # the fine-tune curve is plotted: fail now, not after the run, without matplotlib
     torch.manual_seed(0)
     t0 = time.time()
-    loaded = load_model(a.model, precision="bf16", trainable=a.steps > 0)
-    model, _ = load_adapter(a.adapter, loaded.model, model_fingerprint(loaded.model))
-    encs = samples(loaded.tokenizer, model.cfg, a.keys, a.length, a.depth, a.seed)
+    engine = load(a.model, "bf16", a.adapter, trainable=a.steps > 0)
+    model = engine.model
+    encs = samples(engine.tok, model.cfg, a.keys, a.length, a.depth, a.seed)
     wr = write_read(model, encs[0], encs[1])
     for r in wr["layers"][::5]:
         print(f"write, layer {r['layer']:2d}: temp entry {r['temp_entry']} differs by {r['temp_rel']:.0%} of an "

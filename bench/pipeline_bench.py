@@ -127,7 +127,7 @@ def run(a: argparse.Namespace, pp: int) -> dict:
 
 
 def count_balance(a: argparse.Namespace, pp: int) -> float:
-    """Balance of blocks of equal chunk count (the spec's C/P split; the live chunk on the last rank)."""
+    """Balance of blocks of equal chunk count (the reference's C/P split; the live chunk on the last rank)."""
     cfg = comet_config(a)
     units = pl.plan_units(cfg, [a.chunk_size] * a.chunks, a.live)
     cost = pl.cost_model(lm_config(a))

@@ -106,14 +106,14 @@ def main(argv: list[str] | None = None) -> dict:
     out = {"benchmark": "profile_read", "machine": C.machine(), "warning": warn,
            "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(a).items()}, "precisions": {}}
     for prec in [x for x in a.precisions.split(",") if x]:
-        s = C.load_comet(p, prec)
+        e = C.load_engine(p, prec)
         pieces = C.prose_pieces(Path(a.text) if a.text else None, seed=3)
-        n = a.chunks * s.comet.cfg.chunk_size
-        C.warm_up(s.comet, s.tok, pieces, a.block)
-        plain = C.read(s.comet, s.tok, n, pieces, block=a.block)
+        n = a.chunks * e.model.cfg.chunk_size
+        C.warm_up(e.model, e.tok, pieces, a.block)
+        plain = C.read(e.model, e.tok, n, pieces, block=a.block)
         with labelled(), profile(activities=[ProfilerActivity.CPU]) as prof:
             t0 = time.perf_counter()
-            r = C.read(s.comet, s.tok, n, pieces, block=a.block)
+            r = C.read(e.model, e.tok, n, pieces, block=a.block)
             wall = time.perf_counter() - t0
         events = prof.key_averages()
         comps = {e.key: e.cpu_time_total / 1e6 for e in events if e.key.startswith("comet:")}
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> dict:
         for name, _, t in ops:
             cats[category(name)] = cats.get(category(name), 0.0) + t
         cats["outside torch ops (Python, tokenizer, profiler)"] = max(0.0, wall - total_ops)
-        tokr = tokenise_rate(s.tok, pieces)
+        tokr = tokenise_rate(e.tok, pieces)
         C.print_table(f"{prec}: top ops by self time ({r.tokens:,} tokens, block {a.block}; profiled wall "
                       f"{wall:.2f} s, unprofiled {plain.seconds:.2f} s = {plain.tok_s:,.0f} tok/s)",
                       ["op", "calls", "self s", "share", "category"],
@@ -140,11 +140,8 @@ def main(argv: list[str] | None = None) -> dict:
                                    "unprofiled_tok_s": plain.tok_s, "categories": cats, "components": comps,
                                    "tokenise": tokr,
                                    "top_ops": [{"op": nm, "calls": c, "self_s": t} for nm, c, t in ops[:a.top]]}
-        del s
-    if warn:
-        print("WARNING:", warn)
-    path = C.write_json(a.json_out, "profile_read.json", out)
-    print(f"\nwrote {path}")
+        del e
+    C.finish(a.json_out, "profile_read.json", out)
     return out
 
 

@@ -21,27 +21,30 @@ import time
 from pathlib import Path
 
 from bench import common as C
+from comet_cli.plot import pyplot, save
 
 
 def child(p: dict) -> dict:
     pieces = C.prose_pieces(Path(p["text"]) if p.get("text") else None, p.get("piece_chars", 65536), seed=1)
     if p.get("kind") == "dense":
-        loaded = C.load_lm(p, p["precision"])
+        e = C.load_engine(p, p["precision"], memory=False)
         C.reset_peak_rss()
-        r = C.dense_rate(loaded.model, loaded.tokenizer, pieces, n_chunks=p.get("dense_chunks", 16),
-                         chunk=p.get("dense_chunk", 512))
+        r = C.dense_rate(e.lm, e.tok, pieces, n_chunks=p.get("dense_chunks", 16), chunk=p.get("dense_chunk", 512))
         return {"kind": "dense", "precision": p["precision"], **r, "peak_rss_mb": C.peak_rss_mb()}
-    s = C.load_comet(p, p["precision"])
-    warm = C.warm_up(s.comet, s.tok, pieces, p.get("block", 1))
+    t0 = time.perf_counter()
+    e = C.load_engine(p, p["precision"])
+    load_s, load_peak = time.perf_counter() - t0, C.peak_rss_mb()
+    warm = C.warm_up(e.model, e.tok, pieces, p.get("block", 1))
     rss0 = C.rss_mb()
     reset = C.reset_peak_rss()
-    r = C.read(s.comet, s.tok, p["tokens"], pieces, block=p.get("block", 1),
-               trace_every=max(1, p["tokens"] // s.comet.cfg.chunk_size // 200))
+    r = C.read(e.model, e.tok, p["tokens"], pieces, block=p.get("block", 1),
+               trace_every=max(1, p["tokens"] // e.model.cfg.chunk_size // 200))
     return {"kind": "comet", "precision": p["precision"], "block": p.get("block", 1), "target": p["tokens"],
             "tokens": r.tokens, "seconds": r.seconds, "tok_s": r.tok_s, "us_per_token": 1e6 / r.tok_s,
             "chunks": r.chunks, "state_bytes": r.state_bytes, "read_peak_rss_mb": C.peak_rss_mb() if reset else None,
-            "rss_before_read_mb": rss0, "load_peak_rss_mb": s.load_peak_mb, "load_s": s.load_s, "warmup_s": warm,
-            "rss_end": C.rss_breakdown(), "config": s.comet.cfg.settings(), "adapter": s.adapter, "trace": r.trace}
+            "rss_before_read_mb": rss0, "load_peak_rss_mb": load_peak, "load_s": load_s, "warmup_s": warm,
+            "rss_end": C.rss_breakdown(), "config": e.model.cfg.settings(), "adapter": C.adapter_name(e),
+            "trace": r.trace}
 
 
 def criteria(rows: list[dict], dense_bf16: float | None) -> list[tuple[str, bool | None, str]]:
@@ -82,11 +85,7 @@ def criteria(rows: list[dict], dense_bf16: float | None) -> list[tuple[str, bool
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
     for prec in sorted({r["precision"] for r in rows}):
         rs = sorted((r for r in rows if r["precision"] == prec), key=lambda r: r["tokens"])
@@ -108,9 +107,7 @@ def plot(rows: list[dict], path: Path) -> None:
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path)
 
 
 def main(argv: list[str] | None = None) -> dict | None:

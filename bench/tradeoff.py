@@ -35,13 +35,13 @@ def main(argv: list[str] | None = None) -> dict:
            "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(a).items()}, "runs": []}
     t0 = time.time()
     for prec in [x for x in a.precisions.split(",") if x]:
-        loaded = C.load_lm(p, prec)
+        e = C.load_engine(p, prec, memory=False)
         rows = []
         for spec in a.configs.split(","):
             c, s, g, b = (int(x) for x in spec.split("/"))
-            comet = CometModel.create(loaded.model, CometConfig(chunk_size=c, stride=s, n_global=g, budget=b))
-            C.warm_up(comet, loaded.tokenizer, C.prose_pieces(text, seed=9), a.block)
-            r = C.read(comet, loaded.tokenizer, n, C.prose_pieces(text, seed=1), block=a.block)
+            comet = CometModel.create(e.lm, CometConfig(chunk_size=c, stride=s, n_global=g, budget=b))
+            C.warm_up(comet, e.tok, C.prose_pieces(text, seed=9), a.block)
+            r = C.read(comet, e.tok, n, C.prose_pieces(text, seed=1), block=a.block)
             fl = C.flops_per_text_token(comet)
             row = {"precision": prec, "c": c, "s": s, "G": g, "B_T": b, "S": fl["S"],
                    "S_over_c": fl["overhead_S_over_c"], "mflops_per_token": fl["flops_per_text_token"] / 1e6,
@@ -53,12 +53,9 @@ def main(argv: list[str] | None = None) -> dict:
                       [[f"{r['c']}/{r['s']}/{r['G']}/{r['B_T']}", r["S"], r["S_over_c"], r["mflops_per_token"],
                         r["tok_s"], r["state_mib"]] for r in rows])
         out["runs"] += rows
-        del loaded
-    if warn:
-        print("WARNING:", warn)
+        del e
     out["wall_s"] = time.time() - t0
-    path = C.write_json(a.json_out, "tradeoff.json", out)
-    print(f"\nwrote {path}")
+    C.finish(a.json_out, "tradeoff.json", out)
     return out
 
 

@@ -20,13 +20,14 @@ import torch
 
 from bench import common as C
 from bench import scaling
+from comet_cli.plot import pyplot, save
 
 
 def full_child(p: dict) -> dict:
     from transformers import DynamicCache
 
-    loaded = C.load_lm(p, p["precision"])
-    lm, tok = loaded.model, loaded.tokenizer
+    e = C.load_engine(p, p["precision"], memory=False)
+    lm, tok = e.lm, e.tok
     pieces = C.prose_pieces(Path(p["text"]) if p.get("text") else None, seed=1)
     ids = torch.tensor([C.token_chunks(tok, pieces, p["tokens"])])
     with torch.no_grad():
@@ -57,11 +58,7 @@ def crossing(xs: list[int], a: list[float], b: list[float]) -> float | None:
 
 
 def plot(full: list[dict], comet: dict[str, list[dict]], window: int, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
     fx = [r["tokens"] for r in full]
     ax1.plot(fx, [r["seconds"] for r in full], "s-", color="black", label="full attention (bf16)")
@@ -77,9 +74,7 @@ def plot(full: list[dict], comet: dict[str, list[dict]], window: int, path: Path
         ax.legend(fontsize=8)
     ax1.set(ylabel="seconds", title="time to read")
     ax2.set(ylabel="MiB", title="peak RSS while reading")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path)
 
 
 def main(argv: list[str] | None = None) -> dict | None:

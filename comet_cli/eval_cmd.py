@@ -3,14 +3,16 @@
 Each command runs the systems one after another (a fresh model load each) on the same samples:
 comet (the trained adapter), untrained (a fresh adapter with the same settings) and full (the base model
 alone, full attention left-truncated to its window). Tables (or one JSON object with --json) go to stdout,
-progress to stderr. Lengths are tokens; k = 1,024 (4k = 4,096), M = 1,048,576.
+progress to stderr. Lengths are tokens; k = 1,024 (4k = 4,096), M = 1,048,576. The samples come from the
+data folder that `python scripts/fetch_data.py` fills; it is checked before any model loads.
 
-The main CLI adds `eval_group` as `comet eval`; `python -m comet_cli.eval_cmd ...` runs it standalone.
+This module parses and displays; comet_core.evaluate measures. Errors are CometErrors and reach the main
+group, which prints them in one line. The main CLI adds `eval_group` as `comet eval`;
+`python -m comet_cli.eval_cmd ...` runs it standalone.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import sys
@@ -19,9 +21,13 @@ from pathlib import Path
 
 import click
 
-PRECISIONS = ("4bit", "8bit", "bf16", "fp32")
+from comet_core.config import PRECISIONS
+
+from .live import fmt_duration
+from .options import QUIET, json_option, model_option, stack, threads_option
+from .values import fmt_tokens, parse_choices, parse_depths, parse_lengths
+
 ALL_DEPTHS = "0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1"
-SHIPPED_ADAPTER = Path(__file__).resolve().parents[1] / "comet_core" / "adapters" / "smollm2.safetensors"
 
 
 @click.group("eval", context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -29,6 +35,7 @@ def eval_group() -> None:
     """Measure CoMeT against full attention truncated to the model's window and an untrained adapter.
 
     \b
+      python scripts/fetch_data.py        # once: the held-out text the samples come from
       comet eval passkey --lengths 4k,16k,64k --out passkey.png
       comet eval needle-qa --lengths 4k,32k --samples 4
       comet eval lm --lengths 4k,16k --json > lm.json
@@ -37,28 +44,27 @@ def eval_group() -> None:
     """
 
 
-def common_options(samples: int):
-    def deco(f):
-        @click.option("--model", "-m", metavar="MODEL", help="'smollm2' (default), a Hugging Face folder or a .gguf.")
-        @click.option("--adapter", metavar="PATH", type=click.Path(dir_okay=False),
-                      help=f"Trained CoMeT adapter (default: {SHIPPED_ADAPTER.name} shipped with comet, if any).")
-        @click.option("--precision", "-p", default="4bit", show_default=True,
-                      help="Comma-separated list of 4bit, 8bit, bf16, fp32: the whole run is repeated for each.")
-        @click.option("--systems", default="comet,untrained,full", show_default=True,
-                      help="Which of comet, untrained, full to run.")
-        @click.option("--samples", type=click.IntRange(1), default=samples, show_default=True,
-                      help="Samples per (length, depth) cell.")
-        @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the samples.")
-        @click.option("--max-new-tokens", "-n", type=click.IntRange(1, 1024), default=32, show_default=True)
-        @click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout instead of tables.")
-        @click.option("--quiet", "-q", is_flag=True, help="No progress on stderr.")
-        @functools.wraps(f)
-        def wrapper(*args, **kwargs):
-            return f(*args, **kwargs)
-
-        return wrapper
-
-    return deco
+def common_options(samples: int, answers: bool = True):
+    """The options every eval command takes (--max-new-tokens only where answers are generated)."""
+    answer = [click.option("--max-new-tokens", "-n", type=click.IntRange(1, 1024), default=32, show_default=True,
+                           help="Longest answer, in tokens (greedy decoding).")] if answers else []
+    return stack(
+        model_option(),
+        click.option("--adapter", metavar="PATH", type=click.Path(exists=True, dir_okay=False),
+                     help="Trained CoMeT adapter (.safetensors). Default: the one shipped for the model."),
+        click.option("--precision", "-p", default="4bit", show_default=True, metavar="LIST",
+                     help=f"Weights, comma-separated from {', '.join(PRECISIONS)}: the run is repeated for each."),
+        click.option("--device", metavar="DEVICE", help="cpu or cuda[:N] (default: cuda when available)."),
+        threads_option("$OMP_NUM_THREADS, else every core"),
+        click.option("--systems", default="comet,untrained,full", show_default=True,
+                     help="Which of comet, untrained, full to run."),
+        click.option("--samples", type=click.IntRange(1), default=samples, show_default=True,
+                     help="Samples per (length, depth) cell."),
+        click.option("--seed", type=int, default=0, show_default=True, help="Seed of the samples."),
+        *answer,
+        json_option("Print one JSON object on stdout instead of tables."),
+        QUIET,
+    )
 
 
 @eval_group.command()
@@ -84,7 +90,7 @@ def needle_qa(lengths: str, depths: str, out: str | None, **o) -> None:
 @eval_group.command()
 @click.option("--lengths", default="4k,16k", show_default=True,
               help="Tokens before the scored chunk (k = length // chunk size chunks).")
-@common_options(samples=4)
+@common_options(samples=4, answers=False)
 def lm(lengths: str, **o) -> None:
     """Perplexity of chunk k+1 of a held-out play or essay: with memory, without, and full attention."""
     run_eval("lm", lengths, None, None, o)
@@ -93,45 +99,42 @@ def lm(lengths: str, **o) -> None:
 # --- the run -------------------------------------------------------------------------------------------
 
 def run_eval(task: str, lengths_text: str, depths_text: str | None, out: str | None, o: dict) -> None:
-    from comet_core import evaluate as ev
-
+    """Check everything that can be checked without a model (arguments, output folder, plotting, data,
+    adapter), then load and run each (precision, system) in turn."""
     try:
-        lengths = ev.parse_lengths(lengths_text)
-        depths = ev.parse_depths(depths_text) if depths_text is not None else None
-        precisions = ev.parse_choices(o["precision"], PRECISIONS, "precision")
-        systems = ev.parse_choices(o["systems"], ev.SYSTEMS, "system")
+        lengths = parse_lengths(lengths_text)
+        depths = parse_depths(depths_text) if depths_text is not None else None
+        precisions = parse_choices(o["precision"], PRECISIONS, "precision")
     except ValueError as e:
         raise click.UsageError(str(e)) from None
     if out:
         parent = Path(out).resolve().parent
         if not parent.is_dir() or not os.access(parent, os.W_OK):
             raise click.UsageError(f"cannot write {out}: folder {parent} does not exist or is not writable")
+        from .plot import pyplot
+
+        pyplot()  # matplotlib is an optional extra: say so now, not after the run
     adapter = adapter_path(o["model"], o["adapter"])
+
+    from comet_core import evaluate as ev
+
     try:
-        cfg = ev.adapter_config(adapter)
-    except Exception as e:
-        raise click.ClickException(str(e)) from None
-    samples, mnt = o["samples"], o["max_new_tokens"]
+        systems = parse_choices(o["systems"], ev.SYSTEMS, "system")
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
+    ev.check_data(task)
+    cfg = ev.adapter_config(adapter)
+    samples, mnt = o["samples"], o.get("max_new_tokens", 0)
     n_depths = len(depths) if depths else 1
-    est = {(p, s): ev.estimate_seconds(task, s, p, lengths, n_depths, samples, mnt, chunk_size=cfg.chunk_size)
-           for p in precisions for s in systems}
-    progress = Progress(sum(est.values()), o["quiet"])
+    progress = Progress({(p, s): len(lengths) * n_depths * samples for p in precisions for s in systems},
+                        o["quiet"])
     progress.note(f"eval {task}: {len(lengths)} length(s) x {n_depths} depth(s) x {samples} sample(s) x "
-                  f"{len(systems)} system(s) x {len(precisions)} precision(s); estimated "
-                  f"{fmt_duration(sum(est.values()))} on 2 CPU cores (" +
-                  ", ".join(f"{s} {p} {fmt_duration(t)}" for (p, s), t in est.items()) + ")")
-
-    import torch
-
-    if "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(os.cpu_count() or 1)
+                  f"{len(systems)} system(s) x {len(precisions)} precision(s); the time left is estimated from "
+                  "the seconds per sample so far")
 
     def on_row(r: dict) -> None:
-        if r["system"] == "comet-nomem":
-            return
-        t = ev.estimate_seconds(task, r["system"], r["precision"], [r["length"]], 1, 1, mnt,
-                                chunk_size=cfg.chunk_size)
-        progress.advance(t, r["seconds"], row_line(r))
+        if r["system"] != "comet-nomem":
+            progress.advance((r["precision"], r["system"]), r["seconds"], row_line(r))
 
     t0 = time.monotonic()
     cells, rows, window = None, [], None
@@ -139,33 +142,31 @@ def run_eval(task: str, lengths_text: str, depths_text: str | None, out: str | N
         for p in precisions:
             for s in systems:
                 progress.note(f"loading {s} ({p})")
-                system = ev.load_system(s, o["model"], p, adapter)
-                window = system.window
+                engine = ev.load_system(s, o["model"], p, adapter, device=o["device"], threads=o["threads"])
+                window = ev.window(engine)
                 if cells is None:
                     progress.note("building samples")
-                    cells = ev.make_cells(task, system.tok, lengths, depths, samples, o["seed"], cfg.chunk_size)
+                    cells = ev.make_cells(task, engine.tok, lengths, depths, samples, o["seed"], cfg.chunk_size)
                 if task == "lm":
-                    rows += ev.run_lm(system, cells, cfg.chunk_size, on_row)
+                    rows += ev.run_lm(s, engine, cells, cfg.chunk_size, on_row)
                 else:
-                    rows += ev.run_answers(system, task, cells, mnt, on_row)
-                system = None  # freed before the next load (load_model collects garbage)
-    except Exception as e:
-        if type(e).__name__ in ("ModelError", "AdapterError", "DataMissingError"):
-            raise click.ClickException(str(e)) from None
-        raise
+                    rows += ev.run_answers(s, engine, task, cells, mnt, on_row)
+                engine = None  # freed before the next load (load_model collects garbage)
     finally:
         progress.stop()
     summary = ev.summarize(rows)
     targets = ev.check_targets(summary)
     if out:
-        ev.heatmap(summary, out, "f1" if task == "needle_qa" else "acc",
-                   "needle-QA F1" if task == "needle_qa" else "passkey accuracy")
+        from .plot import heatmap
+
+        heatmap(summary, out, "f1" if task == "needle_qa" else "acc",
+                "needle-QA F1" if task == "needle_qa" else "passkey accuracy")
         progress.note(f"wrote {out}")
     if o["as_json"]:
         result = {"task": task, "model": o["model"] or "smollm2", "adapter": str(adapter),
                   "adapter_config": cfg.to_dict(), "split": "eval", "seed": o["seed"], "samples": samples,
                   "lengths": lengths, "depths": depths, "precisions": precisions, "systems": systems,
-                  "max_new_tokens": mnt, "window": window, "estimate_s": round(sum(est.values()), 1),
+                  "max_new_tokens": o.get("max_new_tokens"), "window": window,
                   "seconds": round(time.monotonic() - t0, 1), "summary": summary, "targets": targets,
                   "rows": rows}
         sys.stdout.write(json.dumps(result, ensure_ascii=False) + "\n")
@@ -175,30 +176,22 @@ def run_eval(task: str, lengths_text: str, depths_text: str | None, out: str | N
 
 
 def adapter_path(model: str | None, adapter: str | None) -> Path:
+    """--adapter, else the adapter shipped for the model (engine.shipped_adapter)."""
     if adapter:
-        if not Path(adapter).is_file():
-            raise click.UsageError(f"--adapter {adapter}: no such file")
         return Path(adapter)
-    if model not in (None, "smollm2"):
-        raise click.UsageError("no trained adapter is shipped for this model: pass --adapter PATH")
-    if not SHIPPED_ADAPTER.is_file():
-        raise click.UsageError(f"no shipped adapter ({SHIPPED_ADAPTER} is missing): pass --adapter PATH, "
+    from comet_core.engine import shipped_adapter
+
+    path = shipped_adapter(model)
+    if path is None:
+        raise click.UsageError(f"no trained adapter is shipped for {model or 'smollm2'}: pass --adapter PATH, "
                                "e.g. --adapter runs/smollm2/adapter.safetensors")
-    return SHIPPED_ADAPTER
+    return path
 
 
 # --- output ---------------------------------------------------------------------------------------------
 
-def fmt_duration(s: float) -> str:
-    s = max(0, round(s))
-    h, rem = divmod(s, 3600)
-    return f"{h}h{rem // 60:02d}m" if h else f"{rem // 60}m{rem % 60:02d}s"
-
-
 def row_line(r: dict) -> str:
-    from comet_core.evaluate import fmt_length
-
-    where = f"{r['task']} {r['system']} {r['precision']} {fmt_length(r['length'])}"
+    where = f"{r['task']} {r['system']} {r['precision']} {fmt_tokens(r['length'])}"
     if r["depth"] is not None:
         where += f" depth {r['depth']:g}"
     where += f" #{r['sample'] + 1}"
@@ -211,19 +204,25 @@ def row_line(r: dict) -> str:
 
 class Progress:
     """Progress on stderr: a rich bar on a terminal, plain lines otherwise, nothing with --quiet.
-    The ETA scales the remaining estimate by how fast the samples so far met theirs."""
 
-    def __init__(self, total_s: float, quiet: bool):
+    `planned` is the number of samples of each (precision, system). The time left is measured, not
+    guessed: each run's remaining samples at that run's seconds per sample so far (a run not started yet:
+    the mean over all samples so far). Loading and building samples are left out."""
+
+    def __init__(self, planned: dict[tuple[str, str], int], quiet: bool):
         from rich.console import Console
 
         self.console = Console(stderr=True, highlight=False)
-        self.quiet, self.total, self.done, self.spent = quiet, max(total_s, 1e-9), 0.0, 0.0
+        self.quiet, self.planned = quiet, planned
+        self.total = sum(planned.values())
+        self.done = dict.fromkeys(planned, 0)
+        self.spent = dict.fromkeys(planned, 0.0)
         self.bar = None
         if not quiet and self.console.is_terminal:
-            from rich.progress import BarColumn, TextColumn, TimeElapsedColumn
+            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
             from rich.progress import Progress as Bar
 
-            self.bar = Bar(BarColumn(), TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn(),
+            self.bar = Bar(BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                            TextColumn("ETA {task.fields[eta]}  {task.fields[info]}"), console=self.console)
             self.task = self.bar.add_task("eval", total=self.total, eta="?", info="")
             self.bar.start()
@@ -236,18 +235,20 @@ class Progress:
         else:
             print(f"comet eval: {msg}", file=sys.stderr, flush=True)
 
-    def advance(self, est_s: float, spent_s: float, line: str) -> None:
-        """One sample done: it was estimated at est_s and took spent_s (loading and sample building are
-        left out of the speed, so the ETA is right from the first sample on)."""
-        self.done += est_s
-        self.spent += spent_s
-        speed = self.spent / max(self.done, 1e-9)
-        eta = fmt_duration(max(0.0, self.total - self.done) * speed)
+    def left_s(self) -> float:
+        """Seconds left, from the seconds per sample measured so far."""
+        mean = sum(self.spent.values()) / max(1, sum(self.done.values()))
+        return sum((self.planned[k] - n) * (self.spent[k] / n if n else mean) for k, n in self.done.items())
+
+    def advance(self, key: tuple[str, str], seconds: float, line: str) -> None:
+        """One sample of run `key` (precision, system) done in `seconds`."""
+        self.done[key] += 1
+        self.spent[key] += seconds
+        done, eta = sum(self.done.values()), fmt_duration(self.left_s())
         if self.bar is not None:
-            self.bar.update(self.task, completed=min(self.done, self.total), eta=eta, info=line)
+            self.bar.update(self.task, completed=done, eta=eta, info=line)
         elif not self.quiet:
-            print(f"comet eval: {line} [{min(1.0, self.done / self.total):.0%}, ETA {eta}]", file=sys.stderr,
-                  flush=True)
+            print(f"comet eval: {line} [{done}/{self.total}, ETA {eta}]", file=sys.stderr, flush=True)
 
     def stop(self) -> None:
         if self.bar is not None:
@@ -257,8 +258,6 @@ class Progress:
 def print_tables(task: str, summary: list[dict], targets: list[dict]) -> None:
     from rich.console import Console
     from rich.table import Table
-
-    from comet_core.evaluate import fmt_length
 
     console = Console(highlight=False)
     if not console.is_terminal:
@@ -280,7 +279,7 @@ def print_tables(task: str, summary: list[dict], targets: list[dict]) -> None:
             for n in lengths:
                 cells = [idx.get((p, s, n, None)) for s in systems]
                 first = next(c for c in cells if c)
-                t.add_row(fmt_length(n), str(first["k"]),
+                t.add_row(fmt_tokens(n), str(first["k"]),
                           *("-" if c is None else f"{c['ppl']:.2f}" + ("*" if c.get("truncated") else "")
                             for c in cells), str(first["n"]))
         else:
@@ -301,7 +300,7 @@ def print_tables(task: str, summary: list[dict], targets: list[dict]) -> None:
                     if (p, s, n, "all") not in idx:
                         continue
                     a = idx[(p, s, n, "all")]
-                    row = [s, fmt_length(n)]
+                    row = [s, fmt_tokens(n)]
                     row += [f"{idx[(p, s, n, d)][metric] * 100:.0f}" if (p, s, n, d) in idx else "-" for d in depths]
                     row.append(f"{a[metric] * 100:.1f}")
                     if task == "needle_qa":
@@ -311,9 +310,11 @@ def print_tables(task: str, summary: list[dict], targets: list[dict]) -> None:
         console.print(t)
     for g in targets:
         extra = f" (full {g['full'] * 100:.1f}, gap {g['gap'] * 100:+.1f})" if "full" in g else ""
-        console.print(f"target {g['task']} {g['precision']} {fmt_length(g['length'])}: {g['rule']}: "
+        console.print(f"target {g['task']} {g['precision']} {fmt_tokens(g['length'])}: {g['rule']}: "
                       f"{g['value'] * 100:.1f}{extra} {'PASS' if g['pass'] else 'FAIL'}", markup=False)
 
 
-if __name__ == "__main__":
-    eval_group(prog_name="comet eval")
+if __name__ == "__main__":  # through the main group: errors print as every comet error does
+    from .main import cli
+
+    cli(["eval", *sys.argv[1:]], prog_name="comet")

@@ -74,6 +74,14 @@ class Stats:
     answer_t0: float | None = None
     stopping: bool = False
     peak_rss: int = 0
+    # following a file (or a stream) and checkpointing it
+    follow: bool = False
+    checkpoint_every: float | None = None  # seconds (None: no checkpoints)
+    last_input: float | None = None  # monotonic time new input last arrived
+    reopened: int = 0  # rotations and truncations of the followed file
+    checkpoints: int = 0
+    checkpoint_t: float | None = None  # monotonic time of the last checkpoint
+    checkpoint_bytes: int = 0
     _window: deque = field(default_factory=lambda: deque(maxlen=16))
 
     def start_reading(self, total_est: int | None, n_sources: int) -> None:
@@ -132,6 +140,18 @@ class Stats:
             return 0.0
         return self.answer_tokens / max(1e-9, time.monotonic() - self.answer_t0)
 
+    def checkpointed(self, nbytes: int) -> None:
+        self.checkpoints, self.checkpoint_t, self.checkpoint_bytes = self.checkpoints + 1, time.monotonic(), nbytes
+
+    @property
+    def input_age(self) -> float | None:
+        """Seconds since new input last arrived."""
+        return None if self.last_input is None else time.monotonic() - self.last_input
+
+    @property
+    def checkpoint_age(self) -> float | None:
+        return None if self.checkpoint_t is None else time.monotonic() - self.checkpoint_t
+
     def sample_rss(self) -> int:
         rss = rss_bytes()
         self.peak_rss = max(self.peak_rss, rss, peak_rss_bytes())
@@ -161,6 +181,9 @@ class Display:
 
     def progress(self) -> None:
         pass
+
+    def checkpoint(self, line: str) -> None:
+        """A checkpoint was written (`line` describes it)."""
 
     def stopping(self) -> None:
         self.stats.stopping = True
@@ -218,6 +241,9 @@ class PlainDisplay(Display):
             self._last = now
             self._emit(progress_line(self.stats))
 
+    def checkpoint(self, line: str) -> None:
+        self._emit(line)
+
     def stopping(self) -> None:
         super().stopping()
         # called from the SIGINT handler: a raw write, no locks
@@ -238,9 +264,24 @@ def progress_line(s: Stats) -> str:
     rss = s.sample_rss()
     src = f"{s.source} " if s.source else ""
     chunks = f"{s.chunks} chunk{'s' if s.chunks != 1 else ''}"
-    return (f"{src}{fmt_int(s.tokens)}{total} tokens{pct}{eta}  {fmt_int(s.rate_now)} tok/s now, "
+    line = (f"{src}{fmt_int(s.tokens)}{total} tokens{pct}{eta}  {fmt_int(s.rate_now)} tok/s now, "
             f"{fmt_int(s.rate_avg)} avg  {chunks}  RSS {fmt_bytes(rss)} (peak {fmt_bytes(s.peak_rss)})  "
             f"state {fmt_bytes(s.state_bytes)}")
+    if s.follow or s.checkpoint_every:
+        line += "  " + "  ".join(follow_status(s))
+    return line
+
+
+def follow_status(s: Stats) -> list[str]:
+    """What the follow / checkpoint rows of the panel say, as short phrases."""
+    out = []
+    if s.follow and s.input_age is not None:
+        out.append(f"last input {fmt_duration(s.input_age)} ago")
+    if s.checkpoint_every:
+        age = s.checkpoint_age
+        out.append(f"checkpoint #{s.checkpoints} {fmt_duration(age)} ago" if age is not None
+                   else f"no checkpoint yet (every {s.checkpoint_every:g} s)")
+    return out
 
 
 class LiveDisplay(Display):
@@ -299,7 +340,8 @@ class LiveDisplay(Display):
         grid.add_column(overflow="ellipsis", no_wrap=True)
         if s.source:
             n = f"  [{s.source_index}/{s.n_sources}]" if s.n_sources > 1 else ""
-            grid.add_row("source", Text(s.source + n))
+            how = "  (following" + (f", reopened {s.reopened}×" if s.reopened else "") + ")" if s.follow else ""
+            grid.add_row("source", Text(s.source + n + how))
         if s.read_t0 is not None:
             frac = s.fraction
             total = f" / ~{fmt_int(s.tokens_total_est)}" if s.tokens_total_est else ""
@@ -310,6 +352,14 @@ class LiveDisplay(Display):
                 grid.add_row("", ProgressBar(total=1.0, completed=frac, width=40))
             grid.add_row("speed", f"{fmt_int(s.rate_now)} tok/s now · {fmt_int(s.rate_avg)} avg")
             grid.add_row("chunks", str(s.chunks))
+            if s.follow and s.input_age is not None:
+                grid.add_row("input", f"last input {fmt_duration(s.input_age)} ago"
+                                      + (" · waiting for more" if s.input_age >= 1 else ""))
+            if s.checkpoint_every:
+                age = s.checkpoint_age
+                grid.add_row("checkpoint", f"#{s.checkpoints} {fmt_duration(age)} ago · {fmt_bytes(s.checkpoint_bytes)}"
+                                           f" · every {s.checkpoint_every:g} s" if age is not None
+                             else f"none yet · every {s.checkpoint_every:g} s")
         grid.add_row("memory", f"RSS {fmt_bytes(rss)} (peak {fmt_bytes(s.peak_rss)}) · "
                                f"state {fmt_bytes(s.state_bytes)}")
         if s.answer_t0 is not None:

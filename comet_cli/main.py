@@ -11,21 +11,28 @@ from __future__ import annotations
 import functools
 import json
 import os
+import shlex
 import signal
+import socket
+import stat
 import sys
 import time
 import traceback
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import click
 
 from comet_core import __version__
-from comet_core.config import PRECISIONS
 from comet_core.errors import CometError
 
 from .live import Display, LiveDisplay, Stats, fmt_bytes, fmt_duration, fmt_int, make_display, peak_rss_bytes
+from .options import QUIET, VERBOSE, json_option, model_option, precision_option, stack, threads_option
 from .session import ReadJob, abspath, check_writable, load_engine, open_inputs
+
+if TYPE_CHECKING:
+    from comet_core.state_io import StateFile
 
 EXIT_INTERRUPTED, EXIT_PIPE = 130, 141
 _debug = bool(os.environ.get("COMET_DEBUG"))
@@ -162,83 +169,69 @@ def cli() -> None:
     """Read documents of any length through a small LLM with CoMeT memory, in constant memory.
 
     \b
+    Examples:
       comet summarize book.pdf
-      comet ask app.log "Why did the nightly job fail?"
-      comet read book.txt --save book.comet        # read once ...
-      comet ask --state book.comet "Who is Banquo?" # ... ask many times, in seconds
+      comet ask app.log "Why did the nightly job fail?"   # inputs first, the question last
+      journalctl -b | comet ask "Which service restarted most?"
+      comet read book.txt --save book.comet          # read once ...
+      comet ask --state book.comet "Who is Banquo?"   # ... ask many times, in seconds
       tail -n 1000 app.log | comet read - --state app.comet --save app.comet
       comet info book.comet
 
-    Results go to stdout, progress and errors to stderr. Exit status: 0 ok, 1 error, 2 usage error,
-    130 interrupted (with --save, the state so far is saved: run the same command again to resume).
+    \b
+    Defaults: SmolLM2-135M-Instruct (shipped offline) at 4bit with the shipped adapter, every CPU core
+    ($OMP_NUM_THREADS or --threads to change), answers of at most 256 tokens, greedy.
+
+    Results go to stdout, progress and errors to stderr. Exit status: 0 ok, 1 error (one line
+    "comet: error: ..."), 2 usage error, 130 interrupted (with --save, the state so far is saved: run the
+    same command again to resume), 141 stdout closed early (e.g. | head). COMET_DEBUG=1 shows tracebacks.
+    `comet COMMAND --help` has each command's options and examples.
     """
 
 
-# --- options ----------------------------------------------------------------------------------------
+# --- options (the ones every command shares live in options.py) ------------------------------------------
 
-def model_options(f):
-    @click.option("--model", "-m", metavar="MODEL",
-                  help="'smollm2' (default: SmolLM2-135M-Instruct, shipped offline), a local Hugging Face "
-                       "model folder or a .gguf file. Default with --state: the state's model.")
-    @click.option("--adapter", metavar="PATH", type=click.Path(dir_okay=False),
-                  help="CoMeT adapter (.safetensors) to use instead of the one shipped for the model.")
-    @click.option("--precision", "-p", type=click.Choice(PRECISIONS),
-                  help="Weights: 4bit (NF4, the default), 8bit, bf16 or fp32. Default with --state: the state's.")
-    @click.option("--device", metavar="DEVICE", help="cpu or cuda[:N] (default: cuda when available).")
-    @click.option("--threads", type=click.IntRange(1), metavar="N",
-                  help="CPU threads (default: $OMP_NUM_THREADS, else every core; on a busy shared machine "
-                       "1 can be much faster).")
-    @functools.wraps(f)
-    def wrapper(*args, **kwargs):
-        return f(*args, **kwargs)
+model_options = stack(
+    model_option(" Default with --state: the state's model."),
+    click.option("--adapter", metavar="PATH", type=click.Path(dir_okay=False),
+                 help="CoMeT adapter (.safetensors) to use instead of the one shipped for the model. Default with "
+                      "--state: the state's."),
+    precision_option("Weights: 4bit (NF4, the default), 8bit, bf16 or fp32. Default with --state: the state's."),
+    click.option("--device", metavar="DEVICE", help="cpu or cuda[:N] (default: cuda when available)."),
+    threads_option("$OMP_NUM_THREADS, else every core; on a busy shared machine 1 can be much faster"),
+)
 
-    return wrapper
+reading_options = stack(
+    click.option("--state", "-s", "state", metavar="STATE", type=click.Path(),
+                 help="Start from this saved memory (default: an empty one)."),
+    click.option("--save", metavar="STATE", type=click.Path(),
+                 help="Save the memory here when done (atomically; default: not saved); on Ctrl-C, save what was "
+                      "read so far."),
+    click.option("--restart", is_flag=True,
+                 help="Ignore an interrupted read recorded in --save: read everything again."),
+    click.option("--encoding", metavar="CODEC", help="Encoding of the text inputs (default: UTF-8 or detected)."),
+)
 
+answer_options = stack(
+    click.option("--max-new-tokens", "-n", type=click.IntRange(1, 4096), default=256, show_default=True,
+                 help="Longest answer, in tokens."),
+    click.option("--temperature", "-t", type=click.FloatRange(0.0), default=0.0, show_default=True,
+                 help="0 = greedy (deterministic)."),
+    click.option("--top-p", type=click.FloatRange(0.0, 1.0, min_open=True), default=1.0, show_default=True,
+                 help="Nucleus sampling mass (with --temperature > 0)."),
+    click.option("--seed", type=int, help="Sampling seed (with --temperature > 0; default: none, unseeded)."),
+    click.option("--priming", type=click.IntRange(0), metavar="N",
+                 help="Text tokens that stay in the live chunk before the question; the rest of the unread tail "
+                      "goes through memory first. Default: what the adapter was trained with (0 for the shipped "
+                      "one: the question alone meets the memory)."),
+)
 
-def reading_options(f):
-    @click.option("--state", "-s", "state", metavar="STATE", type=click.Path(),
-                  help="Start from this saved memory instead of an empty one.")
-    @click.option("--save", metavar="STATE", type=click.Path(),
-                  help="Save the memory here when done (atomically); on Ctrl-C, save what was read so far.")
-    @click.option("--restart", is_flag=True,
-                  help="Ignore an interrupted read recorded in --save: read everything again.")
-    @click.option("--encoding", metavar="CODEC",
-                  help="Encoding of the text inputs (default: UTF-8 or detected).")
-    @functools.wraps(f)
-    def wrapper(*args, **kwargs):
-        return f(*args, **kwargs)
-
-    return wrapper
-
-
-def answer_options(f):
-    @click.option("--max-new-tokens", "-n", type=click.IntRange(1, 4096), default=256, show_default=True,
-                  help="Longest answer, in tokens.")
-    @click.option("--temperature", "-t", type=click.FloatRange(0.0), default=0.0, show_default=True,
-                  help="0 = greedy (deterministic).")
-    @click.option("--top-p", type=click.FloatRange(0.0, 1.0, min_open=True), default=1.0, show_default=True,
-                  help="Nucleus sampling mass (with --temperature > 0).")
-    @click.option("--seed", type=int, help="Sampling seed (with --temperature > 0).")
-    @click.option("--priming", type=click.IntRange(0), metavar="N",
-                  help="Text tokens that stay in the live chunk before the question; the rest of the unread "
-                       "tail goes through memory first. Default: what the adapter was trained with (0 for "
-                       "the shipped one: the question alone meets the memory).")
-    @functools.wraps(f)
-    def wrapper(*args, **kwargs):
-        return f(*args, **kwargs)
-
-    return wrapper
-
-
-def output_options(f):
-    @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout (figures included).")
-    @click.option("--quiet", "-q", is_flag=True, help="No progress, notes or warnings on stderr (errors only).")
-    @click.option("--verbose", "-v", is_flag=True, help="More progress lines; tracebacks for internal errors.")
-    @functools.wraps(f)
-    def wrapper(*args, **kwargs):
-        return f(*args, **kwargs)
-
-    return wrapper
+output_options = stack(
+    json_option("Print one JSON object on stdout at the end (the answer, if any, and the figures) "
+                "instead of text."),
+    QUIET,
+    VERBOSE,
+)
 
 
 @dataclass
@@ -273,14 +266,19 @@ class Opts:
 def summarize(paths: tuple[str, ...], **kw) -> None:
     """Read the inputs (text, .gz, .pdf, or - for stdin), then write a summary to stdout.
 
+    With no PATH, a pipe on stdin is read (without --state).
+
     \b
+    Examples:
       comet summarize samples/macbeth-act1.txt
+      man bash | comet summarize
       comet summarize report.pdf --json | jq -r .answer
       comet summarize --state book.comet          # what was read before, no new input
     """
     from comet_core.prompt import SUMMARY_PROMPT
 
-    run("summarize", list(paths), SUMMARY_PROMPT, Opts(**kw))
+    o = Opts(**kw)
+    run("summarize", summarize_inputs(paths, o.state), SUMMARY_PROMPT, o)
 
 
 @cli.command(short_help="Read inputs, then answer a question about them.")
@@ -291,45 +289,143 @@ def summarize(paths: tuple[str, ...], **kw) -> None:
 @answer_options
 @output_options
 def ask(paths: tuple[str, ...], question: str, **kw) -> None:
-    """Read the inputs, then answer QUESTION about them (stdout).
+    """Read the inputs, then answer QUESTION about them (stdout). The question comes last.
 
-    An empty QUESTION ("") continues the text instead.
+    With no PATH, a pipe on stdin is read (without --state; with it, give - to add piped text).
 
     \b
+    Examples:
       comet ask samples/app.log "Why did the nightly job fail?"
-      zcat -f old.log.gz | comet ask - "Which service logged the most errors?"
+      zcat -f old.log.gz | comet ask "Which service logged the most errors?"
       comet ask --state book.comet "Who kills Duncan?"   # reads nothing new: seconds
     """
-    run("ask", list(paths), question, Opts(**kw))
+    o = Opts(**kw)
+    inputs, question = ask_arguments(paths, question, o.state)
+    run("ask", inputs, question, o)
+
+
+# --- the slips ask and summarize catch before anything loads ------------------------------------------------
+
+def stdin_is_piped() -> bool:
+    """stdin is a pipe or a redirected file (not a terminal, not /dev/null): text to read."""
+    try:
+        mode = os.fstat(sys.stdin.fileno()).st_mode
+    except (OSError, ValueError, AttributeError):
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISREG(mode)
+
+
+def _is_input(arg: str) -> bool:
+    return arg == "-" or os.path.exists(arg)
+
+
+def _command(*args: str) -> str:
+    """A command line to show in a message, quoted for a shell (double quotes where they suffice)."""
+    def quote(a: str) -> str:
+        if a in ("PATH", "QUESTION") or shlex.quote(a) == a:
+            return f'"{a}"' if a == "QUESTION" else a
+        return f'"{a}"' if not any(c in a for c in '"$`\\!') else shlex.quote(a)
+
+    return " ".join(quote(a) for a in args)
+
+
+def ask_arguments(paths: tuple[str, ...], question: str, state: str | None) -> tuple[list[str], str]:
+    """The inputs and question of `comet ask` (click puts the last argument in QUESTION), with the common
+    slips turned into usage errors that show the right order: the question forgotten (`comet ask app.log`),
+    the question first (`comet ask "why?" app.log`) or empty (`comet ask app.log ""`). With no PATH and no
+    --state, a pipe on stdin is the input."""
+    if _is_input(question):
+        if paths and not _is_input(paths[0]):
+            raise click.UsageError(f"the question comes last, after the inputs: "
+                                   f"{_command('comet', 'ask', *paths[1:], question, paths[0])}")
+        what = "- means stdin" if question == "-" else f"{question} is an input"
+        raise click.UsageError(f"the question is missing ({what}): "
+                               f"{_command('comet', 'ask', *paths, question, 'QUESTION')}")
+    if not question.strip():
+        raise click.UsageError("the question is empty: ask something after the inputs, e.g. "
+                               "comet ask app.log \"Why did the nightly job fail?\"")
+    if paths:
+        return list(paths), question
+    if state:
+        return [], question
+    if stdin_is_piped():
+        return ["-"], question
+    raise click.UsageError(f"nothing to read: give the inputs before the question "
+                           f"({_command('comet', 'ask', 'PATH', question)}), pipe text in, or --state STATE")
+
+
+def summarize_inputs(paths: tuple[str, ...], state: str | None) -> list[str]:
+    """The inputs of `comet summarize`: a pipe on stdin when no PATH and no --state are given; an argument
+    that is no file but reads like a question is a usage error pointing at `comet ask`."""
+    for p in paths:
+        looks_like_a_file = "/" in p or os.path.splitext(p.rstrip("?"))[1] != ""
+        if not _is_input(p) and not looks_like_a_file and (p.rstrip().endswith("?") or len(p.split()) >= 3):
+            raise click.UsageError(f"{p}: no such file; summarize takes no question (to ask one: "
+                                   f"{_command('comet', 'ask', *([x for x in paths if x != p] or ['PATH']), p)})")
+    if not paths and not state and stdin_is_piped():
+        return ["-"]
+    return list(paths)
 
 
 @cli.command(short_help="Read inputs into memory and save it (--save STATE).")
 @click.argument("paths", nargs=-1, required=True, metavar="PATH|-...")
 @model_options
 @reading_options
+@click.option("--follow", "-f", is_flag=True,
+              help="Like tail -F: read PATH to its end, then keep reading what is appended, across rotation "
+                   "and truncation, until Ctrl-C (or --idle-exit). Checkpoints every 60 s by default.")
+@click.option("--checkpoint-every", type=click.FloatRange(0), metavar="SECONDS",
+              help="Save the state (atomically) at this rhythm while reading, so a crash loses at most that "
+                   "much and the same command resumes from the checkpoint. 0: off. Default: 60 with --follow "
+                   "or stdin, else off.")
+@click.option("--idle-exit", type=click.FloatRange(0, min_open=True), metavar="SECONDS",
+              help="With --follow: stop (as at the end of the input) after this long without new input "
+                   "(default: never).")
 @output_options
-def read(paths: tuple[str, ...], **kw) -> None:
+def read(paths: tuple[str, ...], follow: bool, checkpoint_every: float | None, idle_exit: float | None,
+         **kw) -> None:
     """Read inputs into memory and save it (--save STATE).
 
     With --state, the new text is appended to that memory. Ctrl-C saves what was read so far; run the
     same command again to resume where it stopped (--restart reads from the beginning instead).
 
+    --follow keeps reading a growing file (a log) and checkpoints the state, so that `comet ask --state`
+    and `comet info` can be run on it meanwhile (they see the last checkpoint and say how old it is);
+    with --json, one JSON line per checkpoint goes to stdout. After a crash, the same command resumes
+    from the last checkpoint. stdin cannot be re-read: a checkpoint of a stdin read keeps what was read up
+    to it, and running with --state STATE --save STATE again appends what then comes on stdin (what
+    arrived between the last checkpoint and the crash is lost).
+
     \b
+    Examples:
       comet read book.pdf --save book.comet
       tail -n 1000 app.log | comet read - --state app.comet --save app.comet
+      comet read --follow /var/log/app.log --save app.comet      # Ctrl-C stops and saves
+      journalctl -f | comet read - --save journal.comet --checkpoint-every 30
+      comet read --follow build.log --idle-exit 300 --save build.comet --json
     """
-    run("read", list(paths), None, Opts(**kw))
+    run("read", list(paths), None, Opts(**kw), ReadOpts(follow, checkpoint_every, idle_exit))
 
 
 @cli.command(short_help="Show what a saved memory holds.")
 @click.argument("state", type=click.Path())
 @output_options
 def info(state: str, as_json: bool, quiet: bool, verbose: bool) -> None:
-    """What a saved memory holds: model, settings, sources read, tokens, size on disk."""
-    from comet_core.state_io import read_meta
+    """What a saved memory holds: model, settings, sources read, tokens, size on disk, age.
 
-    meta, tensors = read_meta(state)
-    size = os.path.getsize(state)
+    On a state that `comet read --follow` (or --checkpoint-every) keeps writing, this is its last
+    checkpoint, with its age and whether its writer still runs.
+
+    \b
+    Examples:
+      comet info book.comet
+      comet info book.comet --json | jq .tokens_read
+      watch -n 10 comet info app.comet        # a followed log: how far, how fresh
+    """
+    from comet_core.state_io import read_state_file
+
+    f = read_state_file(state)  # one read: the version it describes, even if the file is replaced meanwhile
+    meta, tensors, size, age = f.meta, f.tensors, f.nbytes, f.age
     memory_bytes = sum(t.numel() * t.element_size() for k, t in tensors.items() if k in ("global_state", "temp"))
     tokens, pending = meta.get("tokens", 0), meta.get("pending_tokens", 0)
     rec = meta.get("interrupted")
@@ -339,7 +435,8 @@ def info(state: str, as_json: bool, quiet: bool, verbose: bool) -> None:
         "settings": meta.get("settings"), "tokens_read": tokens + pending, "tokens_in_memory": tokens,
         "pending_tokens": pending, "chunks": meta.get("chunks", 0), "sources": meta.get("sources", []),
         "state_bytes": size, "memory_bytes": memory_bytes, "interrupted": rec is not None,
-        "updated": meta.get("updated"), "fingerprint": meta.get("fingerprint"), "version": meta.get("version"),
+        "updated": meta.get("updated"), "age_seconds": None if age is None else round(age, 1),
+        "checkpoint": meta.get("checkpoint"), "fingerprint": meta.get("fingerprint"), "version": meta.get("version"),
     }
     if as_json:
         _print_json(out)
@@ -354,14 +451,21 @@ def info(state: str, as_json: bool, quiet: bool, verbose: bool) -> None:
         ("read", f"{fmt_int(out['tokens_read'])} tokens ({out['chunks']} chunks in memory + "
                  f"{fmt_int(pending)} pending)"),
     ]
-    for i, src in enumerate(out["sources"]):
-        lines.append(("sources" if i == 0 else "", _describe_source(src)))
+    srcs = out["sources"]
+    shown = srcs if len(srcs) <= 8 else srcs[:2] + [None] + srcs[-4:]  # a log followed across many rotations
+    for i, src in enumerate(shown):
+        text = _describe_source(src) if src is not None else f"... {len(srcs) - 6} more"
+        lines.append(("sources" if i == 0 else "", text))
     if not out["sources"]:
         lines.append(("sources", "none"))
-    if rec is not None:
+    if out["checkpoint"]:
+        every = out["checkpoint"].get("every")
+        lines.append(("status", f"checkpoint of a read in progress ({_writer(meta)})"
+                                + (f", one every {every:g} s" if isinstance(every, int | float) else "")))
+    elif rec is not None:
         lines.append(("status", "interrupted: run the same command again to resume"))
     if out["updated"]:
-        lines.append(("updated", out["updated"]))
+        lines.append(("updated", f"{out['updated']} ({_ago(age)})"))
     for k, v in lines:
         click.echo(f"{k:>9}  {v}")
 
@@ -380,11 +484,24 @@ def _describe_source(src: dict) -> str:
 
 # --- the reading commands ---------------------------------------------------------------------------
 
+CHECKPOINT_DEFAULT = 60.0  # seconds between checkpoints with --follow or stdin (and --save)
+
+
+@dataclass
+class ReadOpts:
+    """The read command's own options: how a read keeps going."""
+
+    follow: bool = False
+    checkpoint_every: float | None = None  # None: CHECKPOINT_DEFAULT with --follow or stdin, else off
+    idle_exit: float | None = None
+
+
 class StopFlag:
     """SIGINT during a read: ask the reader to stop after the current chunk; a second one quits at once."""
 
     def __init__(self, display: Display):
         self.display, self.set, self._old = display, False, None
+        self.quit_note = "nothing saved"  # what a second Ctrl-C leaves behind
 
     def __enter__(self) -> StopFlag:
         self._old = signal.signal(signal.SIGINT, self._handler)
@@ -396,7 +513,7 @@ class StopFlag:
     def _handler(self, signum, frame) -> None:
         if self.set:
             _show_cursor()
-            os.write(2, b"\ncomet: interrupted (nothing saved)\n")
+            os.write(2, f"\ncomet: interrupted ({self.quit_note})\n".encode())
             os._exit(EXIT_INTERRUPTED)
         self.set = True
         self.display.stopping()
@@ -405,9 +522,12 @@ class StopFlag:
         return self.set
 
 
-def plan_start(keys: list[str], o: Opts, display: Display) -> tuple[str | None, dict | None, str | None]:
-    """Which state file to start from, the interrupted read to resume (if any), and the --state key."""
-    from comet_core.state_io import StateError, read_meta
+def plan_start(keys: list[str], o: Opts, display: Display
+               ) -> tuple[str | None, dict | None, str | None, StateFile | None]:
+    """Which state file to start from, the interrupted read to resume (if any), the --state key, and the
+    start file as read (a state_io.StateFile, None for an empty start): each file is read once, so a state
+    that another process keeps replacing is used in the version that was checked."""
+    from comet_core.state_io import StateError, read_state_file
 
     base = abspath(o.state) if o.state else None
     start = o.state
@@ -416,37 +536,50 @@ def plan_start(keys: list[str], o: Opts, display: Display) -> tuple[str | None, 
         start = None
     if o.save and not o.restart and os.path.isfile(o.save):
         try:
-            rec = read_meta(o.save)[0].get("interrupted")
+            saved = read_state_file(o.save)
         except StateError:
-            rec = None
+            saved = None
+        rec = saved.meta.get("interrupted") if saved else None
         if rec and rec.get("inputs") == keys and rec.get("base") == base:
             display.note(f"resuming the interrupted read saved in {o.save} (--restart to start over)")
-            return o.save, rec, base
-    return start, None, base
+            return o.save, rec, base, saved
+    return start, None, base, read_state_file(start) if start else None
 
 
-def run(command: str, paths: list[str], question: str | None, o: Opts) -> None:
+def run(command: str, paths: list[str], question: str | None, o: Opts, ro: ReadOpts | None = None) -> None:
     global _debug
     _debug = _debug or o.verbose
+    ro = ro or ReadOpts()
     if command == "read" and not o.save:
         raise click.UsageError("read needs --save STATE (where to keep the memory)")
     if not paths and not o.state:
         raise click.UsageError("nothing to read: give PATH(s) (or - for stdin), or --state STATE")
     if o.restart and not o.save:
         raise click.UsageError("--restart only makes sense with --save")
+    if ro.follow and len(paths) != 1:
+        raise click.UsageError("--follow follows one PATH (or -)")
+    if ro.idle_exit and not ro.follow:
+        raise click.UsageError("--idle-exit only makes sense with --follow")
     stats = Stats(command)
     display = make_display(stats, o.quiet, o.verbose)
-    inputs = open_inputs(paths, o.encoding)
+    inputs = open_inputs(paths, o.encoding, follow=ro.follow)
     if o.save:
         check_writable(o.save, inputs)
+    every = ro.checkpoint_every
+    if every is None and (ro.follow or any(i.source.kind == "stdin" for i in inputs)):
+        every = CHECKPOINT_DEFAULT
+    stats.follow, stats.checkpoint_every = ro.follow, (every or None) if o.save else None
 
     from comet_core.reader import Interrupted
-    from comet_core.state_io import load_state, read_meta, save_state
+    from comet_core.state_io import load_state, save_state
 
-    start_file, resume, base = plan_start([i.key for i in inputs], o, display)
-    start_meta = read_meta(start_file)[0] if start_file else {}
+    start_file, resume, base, start = plan_start([i.key for i in inputs], o, display)
+    start_meta = start.meta if start else {}
     rec = start_meta.get("interrupted")
-    if rec is not None and resume is None:
+    if start is not None and start_meta.get("checkpoint") and resume is None:
+        display.note(f"{start_file} is a checkpoint of a read in progress ({_writer(start_meta)}), written "
+                     f"{_ago(start.age)}: using what it held then")
+    elif rec is not None and resume is None:
         display.warn(f"{start_file} holds an interrupted read; using what was read before the interruption")
     if o.precision and start_meta.get("precision") and o.precision != start_meta["precision"]:
         raise CometError(f"{start_file}: state was made at precision {start_meta['precision']}; use it at that "
@@ -463,21 +596,26 @@ def run(command: str, paths: list[str], question: str | None, o: Opts) -> None:
         engine = load_engine(spec, precision, o.device, adapter, display, o.threads)
         load_seconds = time.monotonic() - t_load
         stats.model = f"{engine.name} · {engine.precision} · {engine.device}"
-        if start_file:
-            state, _ = load_state(start_file, engine.identity.expect())
+        if start is not None:
+            state, _ = load_state(start, engine.identity.expect())
         else:
             state = engine.empty_state()
         state = state.to(engine.model.device)
         flag = StopFlag(display)
-        job = ReadJob(engine, state, inputs, base, resume, display, stats, should_stop=flag)
+        checkpoint = functools.partial(_checkpoint, engine=engine, o=o, ro=ro, every=every, display=display,
+                                       flag=flag)
+        job = ReadJob(engine, state, inputs, base, resume, display, stats, should_stop=flag, follow=ro.follow,
+                      checkpoint_every=every if o.save else None, on_checkpoint=checkpoint, idle_exit=ro.idle_exit)
         stats.update(0, state.chunks, state.nbytes())
         stats.start_reading(job.estimate(), len(inputs))
+        if ro.follow:
+            stats.phase = "following"
         with flag:
             try:
                 job.run()
             except Interrupted:
                 display.stop()
-                _stopped(job, engine, o)
+                _stopped(job, engine, o, ro)
         stats.end_reading()
         state = job.state
         saved_bytes = None
@@ -525,17 +663,81 @@ def run(command: str, paths: list[str], question: str | None, o: Opts) -> None:
             "load_seconds": round(load_seconds, 2), "read_seconds": round(stats.read_seconds, 2),
             "answer_seconds": round(answer_seconds, 2), "sources": state.sources,
         })
+        if stats.checkpoint_every:
+            out["checkpoints"] = job.checkpoints
         if question is None:
             for k in ("answer_tokens", "answer_tokens_per_s", "answer_seconds"):
                 out.pop(k)
         _print_json(out)
 
 
-def _meta(engine, interrupted: dict | None = None) -> dict:
+def _meta(engine, interrupted: dict | None = None, checkpoint: dict | None = None) -> dict:
     meta = dict(engine.identity.meta(), updated=datetime.now(UTC).isoformat(timespec="seconds"))
     if interrupted is not None:
         meta["interrupted"] = interrupted
+    if checkpoint is not None:
+        meta["checkpoint"] = checkpoint
     return meta
+
+
+def _checkpoint(job: ReadJob, *, engine, o: Opts, ro: ReadOpts, every: float, display: Display,
+                flag: StopFlag) -> None:
+    """Save a checkpoint of a read in progress (ReadJob calls this at consistent points); a failed one is
+    a warning (the next is tried on time), the read goes on."""
+    from comet_core.state_io import StateError, save_state
+
+    mark = {"n": job.checkpoints, "every": every, "follow": ro.follow, "pid": os.getpid(),
+            "host": socket.gethostname()}
+    state = job.state
+    try:
+        nbytes = save_state(o.save, state, _meta(engine, job.record(), mark))
+    except StateError as e:
+        display.warn(f"checkpoint failed ({e}); trying again in {every:g} s")
+        return
+    job.stats.checkpointed(nbytes)
+    flag.quit_note = f"{o.save} holds checkpoint #{job.checkpoints}" + (
+        "; the same command resumes from it" if job.record() is not None else "")
+    n = state.tokens + len(state.pending_ids)
+    display.checkpoint(f"checkpoint #{job.checkpoints}: {fmt_int(n)} tokens, {job.stopped_at()} -> {o.save}")
+    if o.as_json and ro.follow:
+        _print_json(_checkpoint_json(job, state, nbytes, o))
+
+
+def _checkpoint_json(job: ReadJob, state, nbytes: int, o: Opts, stopped: bool = False) -> dict:
+    """One line of `read --follow --json`: a checkpoint (or, stopped, the save on Ctrl-C)."""
+    s = job.stats
+    return {"checkpoint": job.checkpoints, "stopped": stopped, "saved": o.save,
+            "updated": datetime.now(UTC).isoformat(timespec="seconds"), "tokens_read": s.tokens,
+            "tokens_total": state.tokens + len(state.pending_ids), "chunks": state.chunks,
+            "pending_tokens": len(state.pending_ids), "tokens_per_s_now": round(s.rate_now, 1),
+            "input_age_s": None if s.input_age is None else round(s.input_age, 1), "state_bytes": nbytes,
+            "rss_mb": round(s.sample_rss() / (1 << 20), 1), "seconds": round(time.monotonic() - s.t0, 2),
+            "sources": state.sources}
+
+
+def _writer(meta: dict) -> str:
+    """Who writes the checkpoints of a state: 'comet read --follow, pid 123 (running)' and the like."""
+    mark = meta.get("checkpoint") or {}
+    what = "comet read --follow" if mark.get("follow") else "comet read"
+    pid, host = mark.get("pid"), mark.get("host")
+    if not isinstance(pid, int):
+        return what
+    if host != socket.gethostname():
+        return f"{what}, pid {pid} on {host}"
+    try:
+        os.kill(pid, 0)
+        alive = "running"
+    except ProcessLookupError:
+        alive = "not running: the same command resumes it"
+    except OSError:  # EPERM: it exists, as another user
+        alive = "running"
+    return f"{what}, pid {pid}, {alive}"
+
+
+def _ago(seconds: float | None) -> str:
+    if seconds is None:
+        return "at an unknown time"
+    return f"{seconds:.0f} s ago" if seconds < 120 else f"{fmt_duration(seconds)} ago"
 
 
 def _state_file_size(state, engine) -> int:
@@ -544,7 +746,7 @@ def _state_file_size(state, engine) -> int:
     return len(state_to_bytes(state.to("cpu"), _meta(engine)))
 
 
-def _stopped(job: ReadJob, engine, o: Opts) -> None:
+def _stopped(job: ReadJob, engine, o: Opts, ro: ReadOpts | None = None) -> None:
     """Ctrl-C during a read: save what was read (with --save), say how to resume, exit 130."""
     from comet_core.state_io import save_state
 
@@ -554,8 +756,13 @@ def _stopped(job: ReadJob, engine, o: Opts) -> None:
         _err(f"interrupted at {job.stopped_at()} (nothing saved: use --save STATE to keep a long read)")
         raise click.exceptions.Exit(EXIT_INTERRUPTED)
     rec = job.record()
-    save_state(o.save, state, _meta(engine, rec))
-    if rec is None:
+    nbytes = save_state(o.save, state, _meta(engine, rec))
+    if ro is not None and ro.follow:
+        if o.as_json:
+            _print_json(_checkpoint_json(job, state, nbytes, o, stopped=True))
+        _err(f"stopped following {job.stopped_at()}: saved {fmt_int(n)} tokens to {o.save}"
+             + ("; run the same command to go on from there" if rec is not None else ""))
+    elif rec is None:
         _err(f"interrupted: saved {fmt_int(n)} tokens to {o.save} (stopped in stdin, which cannot be resumed: "
              "what was read is kept)")
     else:

@@ -1,89 +1,134 @@
-"""`comet train`: fine-tune CoMeT memory onto a base model, with a live progress bar and resume."""
+"""`comet train`: fine-tune CoMeT memory onto a base model, with a live progress bar and resume.
+
+Importing this module is cheap (no torch): the defaults shown by `--help` come from the torch-free
+`comet_core.train.args`; torch, the trainer and the model load only once the arguments and the data folder
+have been checked.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import sys
-from dataclasses import fields
+from dataclasses import asdict, fields
 
 import click
-import torch
 
-from comet_core.train.trainer import TrainArgs
+from comet_core.tasks import TASKS
+from comet_core.train.args import TrainArgs
+
+from .options import QUIET, VERBOSE, json_option, model_option, precision_option, stack, threads_option
 
 _DEFAULTS = TrainArgs()
 
 
+def _arg(name: str, help: str, type=None, flag: str | None = None, metavar: str | None = None):
+    """The option for TrainArgs field `name`, with the field's default (shown in --help)."""
+    default = getattr(_DEFAULTS, name)
+    return click.option(flag or "--" + name.replace("_", "-"), name, type=type, default=default,
+                        show_default=default is not None, metavar=metavar, help=help)
+
+
+POS, COUNT, SHARE = click.IntRange(1), click.IntRange(0), click.FloatRange(0.0, 1.0)
+
+train_options = stack(
+    _arg("out", "Run folder: adapter.safetensors, train_state.safetensors (optimizer, progress), log.jsonl "
+                "(one line per step), eval.jsonl (held-out evaluations).", metavar="DIR"),
+    model_option(),
+    precision_option("Backbone weights while training. bf16, not reading's 4bit: backprop through 4-bit "
+                     "weights is slower on CPU and lossier, and only the memory nets and LoRA (fp32) are "
+                     "trained; the adapter then reads at any precision.", default=_DEFAULTS.precision),
+    threads_option("every core, divided among the processes of a torchrun launch"),
+    _arg("steps", "Optimizer steps to reach (with --resume: counting the steps already done).", POS),
+    _arg("accum", "Samples per step, run as one batch.", POS),
+    _arg("lr", "Learning rate of the memory nets and beacon embeddings (AdamW, after a short warm-up).", float),
+    _arg("lora_lr", "Learning rate of the LoRA weights.", float),
+    _arg("lora_rank", "Rank of the LoRA on the backbone's linears; 0 = no LoRA.", COUNT),
+    _arg("lora_targets", "Linears that get LoRA: q/k/v/o_proj, gate/up/down_proj. With --init-adapter, targets "
+                         "the adapter lacks are added (starting at zero).", metavar="LIST"),
+    _arg("chunk_size", "Memory setting c: text tokens per chunk.", POS),
+    _arg("stride", "Memory setting s: a temp beacon after every N text tokens.", POS),
+    _arg("n_global", "Memory setting G: global memory slots (and beacons).", POS),
+    _arg("budget", "Memory setting B_T: the newest N temp-memory entries kept.", POS),
+    _arg("priming", "Text tokens kept live before the question (the answer layout); 0 = the question alone meets "
+                    "the memory.", int),
+    _arg("min_chunks", "First curriculum level: context chunks read into memory.", POS),
+    _arg("max_chunks", "Last curriculum level (levels double from --min-chunks).", POS),
+    _arg("promote_at", "Held-out accuracy that moves the curriculum to the next level.", SHARE),
+    _arg("eval_every", "Held-out generated accuracy every N steps (OUT/eval.jsonl); it gates the curriculum. "
+                       "0 = off (then the teacher-forced exact match of training samples gates it).", COUNT),
+    _arg("eval_samples", "Held-out samples per evaluation and task.", POS),
+    _arg("short_share", "Share of steps drawn from shorter levels than the current one.", SHARE),
+    _arg("level_patience", "Move to the next level after this many steps at a level even if the held-out "
+                           "accuracy stays below --promote-at (0 = wait for it).", COUNT),
+    _arg("tasks", f"Task mix, task:weight,... Tasks: {', '.join(TASKS)}.", metavar="MIX"),
+    _arg("in_memory", "Share of passkey and recall samples whose needle is put in text read into memory, never "
+                      "in the live chunk (the rest: any depth).", float),
+    _arg("init_adapter", "Start from this adapter (its memory settings win; --lora-targets can add targets). "
+                         "Default: a fresh, untrained memory.", click.Path(exists=True, dir_okay=False)),
+    _arg("time_limit_min", "Stop after this many minutes (the steps done are saved). Default: no limit.",
+         click.FloatRange(0.0, min_open=True), flag="--time-limit"),
+    _arg("save_every", "Write a checkpoint every N steps (also at the end and on Ctrl-C).", POS),
+    _arg("seed", "Seed of the sample draw and of a fresh adapter.", int),
+    click.option("--resume", is_flag=True, help="Continue the run in --out where it stopped."),
+    click.option("--pipeline", type=POS, default=1, show_default=True,
+                 help="Split each sample's chunks over this many processes (layer-level pipeline); launch with "
+                      "torchrun --nproc-per-node N: N / pipeline data-parallel replicas."),
+    json_option("Print one JSON object on stdout at the end: the last step's record (step, loss, exact, level, "
+                "tokens_per_s, ...) with out and adapter. Every step's record is in OUT/log.jsonl."),
+    QUIET,
+    VERBOSE,
+)
+
+
+def check_data(weights: dict[str, float]) -> None:
+    """The text the tasks are built from is in the data folder (`python scripts/fetch_data.py`): every task
+    hides its needle in essays and plays, needle-QA also needs SQuAD. Raises DataMissingError (a CometError
+    naming the script) before any model is loaded."""
+    from comet_core.tasks import documents
+
+    families = ["essays", "plays"] + (["squad"] if weights.get("needle_qa") else [])
+    for family in families:
+        for split in ("train", "eval"):
+            documents(family, split)
+
+
 @click.command("train")
-@click.option("--out", default=_DEFAULTS.out, show_default=True, help="Run folder: adapter, optimizer state, log.")
-@click.option("--model", default=None, help="Base model (default: SmolLM2-135M-Instruct; or a HF folder / GGUF).")
-@click.option("--precision", type=click.Choice(["4bit", "8bit", "bf16", "fp32"]), default=_DEFAULTS.precision,
-              show_default=True, help="Backbone precision while training (4bit = QLoRA style).")
-@click.option("--steps", type=int, default=_DEFAULTS.steps, show_default=True)
-@click.option("--accum", type=int, default=_DEFAULTS.accum, show_default=True, help="Samples per step.")
-@click.option("--lr", type=float, default=_DEFAULTS.lr, show_default=True, help="Memory nets + beacons.")
-@click.option("--lora-lr", type=float, default=_DEFAULTS.lora_lr, show_default=True)
-@click.option("--lora-rank", type=int, default=_DEFAULTS.lora_rank, show_default=True, help="0 = no LoRA.")
-@click.option("--lora-targets", default=_DEFAULTS.lora_targets, show_default=True,
-              help="Linears that get LoRA: q/k/v/o_proj, gate/up/down_proj. With --init-adapter, "
-                   "targets the adapter lacks are added (starting at zero).")
-@click.option("--chunk-size", type=int, default=_DEFAULTS.chunk_size, show_default=True)
-@click.option("--stride", type=int, default=_DEFAULTS.stride, show_default=True)
-@click.option("--n-global", type=int, default=_DEFAULTS.n_global, show_default=True)
-@click.option("--budget", type=int, default=_DEFAULTS.budget, show_default=True)
-@click.option("--priming", type=int, default=_DEFAULTS.priming, show_default=True,
-              help="Text tokens kept live before the question (the answer layout); 0 = the question alone "
-                   "meets the memory.")
-@click.option("--min-chunks", type=int, default=_DEFAULTS.min_chunks, show_default=True,
-              help="First curriculum level: context chunks read into memory.")
-@click.option("--max-chunks", type=int, default=_DEFAULTS.max_chunks, show_default=True,
-              help="Last curriculum level (levels double from --min-chunks).")
-@click.option("--promote-at", type=float, default=_DEFAULTS.promote_at, show_default=True,
-              help="Held-out accuracy that moves the curriculum to the next level.")
-@click.option("--eval-every", type=int, default=_DEFAULTS.eval_every, show_default=True,
-              help="Held-out generated accuracy every N steps (run/eval.jsonl); it gates the curriculum. "
-                   "0 = off (then the teacher-forced exact match of training samples gates it).")
-@click.option("--eval-samples", type=int, default=_DEFAULTS.eval_samples, show_default=True,
-              help="Held-out samples per evaluation and task.")
-@click.option("--short-share", type=float, default=_DEFAULTS.short_share, show_default=True,
-              help="Share of steps drawn from shorter levels than the current one.")
-@click.option("--level-patience", type=int, default=_DEFAULTS.level_patience, show_default=True,
-              help="Move to the next curriculum level after this many steps at a level even if the "
-                   "held-out accuracy stays below --promote-at (0 = wait for it).")
-@click.option("--tasks", default=_DEFAULTS.tasks, show_default=True, help="task:weight,... mix.")
-@click.option("--in-memory", type=float, default=_DEFAULTS.in_memory, show_default=True,
-              help="Share of passkey and recall samples whose needle is put in text read into memory, "
-                   "never in the live chunk (the rest: any depth).")
-@click.option("--init-adapter", default=None,
-              help="Start from this adapter (its settings win; --lora-targets can add targets).")
-@click.option("--time-limit", "time_limit_min", type=float, default=None, help="Stop after this many minutes.")
-@click.option("--save-every", type=int, default=_DEFAULTS.save_every, show_default=True)
-@click.option("--seed", type=int, default=_DEFAULTS.seed, show_default=True)
-@click.option("--resume", is_flag=True, help="Continue the run in --out where it stopped.")
-@click.option("--pipeline", type=int, default=1, show_default=True,
-              help="Split each sample's chunks over this many processes (layer-level pipeline); launch with "
-                   "torchrun --nproc-per-node N: N / pipeline data-parallel replicas.")
-@click.option("--quiet", is_flag=True)
-def train(quiet: bool, **kw) -> None:
-    """Teach the memory: train memory nets, beacon embeddings and LoRA on passkey, needle-QA,
-    multi-needle, variable-tracking, verbatim-recall and language-modelling samples built from real text in data/
-    (run `python scripts/fetch_data.py` once). Safe to stop at any time; continue with --resume.
+@train_options
+def train(quiet: bool, verbose: bool, as_json: bool, threads: int | None, **kw) -> None:
+    """Teach the memory: train memory nets, beacon embeddings and LoRA on passkey, fact, needle-QA,
+    multi-needle, variable-tracking, verbatim-recall and language-modelling samples built from real text
+    in data/ (run `python scripts/fetch_data.py` once; $COMET_DATA points elsewhere). Safe to stop at any
+    time (Ctrl-C keeps every completed step); continue with --resume.
 
     \b
-    Example:
+    Examples:
       comet train --out runs/smollm2 --steps 300 --time-limit 60
-      comet train --out runs/smollm2 --resume
+      comet train --out runs/smollm2 --resume --steps 600
+      comet train --out runs/new --init-adapter comet_core/adapters/smollm2.safetensors --tasks passkey:1
       torchrun --nproc-per-node 4 $(which comet) train --pipeline 2 --out runs/pp   # 2 pipelines x 2 ranks
     """
+    if verbose:
+        from . import main
+
+        main._debug = True  # tracebacks for internal errors, as with COMET_DEBUG=1
+    pipeline = kw.pop("pipeline")
+    args = TrainArgs(**{f.name: kw[f.name] for f in fields(TrainArgs) if f.name in kw})
+    try:
+        args.check()
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
+    check_data(args.task_weights())
+
+    import torch
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from comet_core.train.pipeline import PipelineError
     from comet_core.train.trainer import train as run_train
 
-    pipeline = kw.pop("pipeline")
     local_procs = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_procs))
+    torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // local_procs))
     distributed = pipeline > 1 or int(os.environ.get("WORLD_SIZE", "1")) > 1
     if distributed:  # under torchrun
         from functools import partial
@@ -92,11 +137,6 @@ def train(quiet: bool, **kw) -> None:
 
         run_train = partial(train_pipeline, pp=pipeline)
         quiet = quiet or os.environ.get("RANK", "0") != "0"
-    args = TrainArgs(**{f.name: kw[f.name] for f in fields(TrainArgs) if f.name in kw})
-    try:
-        args.check()
-    except ValueError as e:
-        raise click.UsageError(str(e)) from None
     console = Console(stderr=True)
     progress = Progress(TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                         TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
@@ -107,8 +147,13 @@ def train(quiet: bool, **kw) -> None:
         info = (f"loss {r['loss']:.3f} exact {r['exact']:.2f} level {r['level']} ({r['level_acc']:.2f}) "
                 f"{r['tokens_per_s']:.0f} tok/s")
         progress.update(task, completed=r["step"], info=info)
-        if not quiet and not console.is_terminal:
-            print(f"step {r['step']}/{args.steps} {info} {r['elapsed']:.0f}s", file=sys.stderr, flush=True)
+        line = f"step {r['step']}/{args.steps} {info} {r['elapsed']:.0f}s"
+        if quiet:
+            return
+        if not console.is_terminal:
+            print(line, file=sys.stderr, flush=True)
+        elif verbose:
+            progress.console.print(line, highlight=False)  # above the bar
 
     try:
         with progress:
@@ -122,8 +167,14 @@ def train(quiet: bool, **kw) -> None:
                 else "every completed step is saved")
         click.echo(f"comet: interrupted ({kept}): continue with `comet train --out {args.out} --resume`", err=True)
         sys.exit(130)
-    if os.environ.get("RANK", "0") == "0":
-        click.echo(f"saved {args.out}/adapter.safetensors after step {last.get('step')}", err=True)
+    if os.environ.get("RANK", "0") != "0":
+        return
+    adapter = os.path.join(args.out, "adapter.safetensors")
+    if as_json:
+        click.echo(json.dumps({"out": args.out, "adapter": adapter, "step": last.get("step"), **last,
+                               "args": asdict(args)}))
+    if not quiet:
+        click.echo(f"comet: saved {adapter} after step {last.get('step')}", err=True)
 
 
 if __name__ == "__main__":  # `torchrun ... -m comet_cli.train_cmd ...`: the same command, errors and exit codes

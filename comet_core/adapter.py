@@ -11,12 +11,11 @@ import os
 from dataclasses import replace
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as st_save
 
 from .config import CometConfig
-from .errors import CometError
+from .errors import CometError, one_line
 from .memory import CometMemory
 from .model import CometModel
 from .state_io import atomic_write
@@ -38,16 +37,15 @@ def save_adapter(path: str | os.PathLike, model: CometModel, base_fingerprint: s
 
 
 def read_adapter(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
+    """The adapter's metadata ("comet_adapter") and tensors; an AdapterError for anything else."""
     try:
-        tensors = load_file(str(path))
-        with open(path, "rb") as f:
-            n = int.from_bytes(f.read(8), "little")
-            raw = json.loads(f.read(n)).get("__metadata__", {}) or {}
-        meta = json.loads(raw["comet_adapter"])
+        with safe_open(str(path), "pt") as f:
+            meta = json.loads((f.metadata() or {})["comet_adapter"])
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
     except FileNotFoundError:
         raise AdapterError(f"{path}: no such adapter file") from None
     except (SafetensorError, KeyError, ValueError, OSError) as e:
-        raise AdapterError(f"{path}: not a valid comet adapter ({str(e).splitlines()[0][:80]})") from None
+        raise AdapterError(f"{path}: not a valid comet adapter ({one_line(e, 80)})") from None
     if meta.get("format") != ADAPTER_FORMAT or meta.get("version", 99) > ADAPTER_VERSION:
         raise AdapterError(f"{path}: unsupported adapter format {meta.get('format')} v{meta.get('version')}")
     return meta, tensors

@@ -6,11 +6,11 @@ A context chunk is laid out as
 
 The slots come first and are contiguous, so the model carries only the *body* (everything after the
 slots) from layer to layer and concatenates each layer's memory in front of it. Indices below are
-given both in full-layout coordinates (as in the spec) and in body coordinates (what the model uses).
+given both in full-layout coordinates (as in the paper) and in body coordinates (what the model uses).
 Positions restart at 0 in every chunk, so a chunk's position ids are simply arange(n_mem + n_body).
 
 The live last chunk (pending text + question + generated tokens) has no global beacons, and gets a temp
-beacon only after each *full* stride segment of its text (the spec's decoding rule, counting text
+beacon only after each *full* stride segment of its text (the reference's decoding rule, but counting text
 tokens only).
 """
 

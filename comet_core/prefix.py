@@ -2,7 +2,7 @@
 
 The prefix is the sink token and the memory slots. Their outputs at layer l are thrown away (layer l+1
 overwrites the slots; the sink's states are fixed), so their o_proj, MLP and residuals are wasted work
-(spec section 1.6 [opt]). For P prefix rows and N body rows this computes
+(an optimisation the layout allows: slot outputs are never used). For P prefix rows and N body rows this computes
 
     h = input_layernorm([prefix; body])                             [B, P+N, d]
     q, k, v = q_proj(h), k_proj(h), v_proj(h)  (+ q/k_norm, qwen3), rope at positions 0..P+N-1

@@ -11,6 +11,15 @@
 Resume bookkeeping: after consuming pieces up to offset X, ``source.sha256`` is the sha256 of the byte
 stream [0, X) (for pdf: of the whole file). Record ``(name, size, encoding, sha256, X)``; later call
 ``open_source(name, encoding=enc)``, check ``sha256_prefix(X) == sha256``, then ``pieces(start=X)``.
+
+Following (``tail -F``): ``TextSource.follow(start, idle)`` reads a plain text file to its end, then keeps
+reading what is appended, by polling (a stat and a read every ``poll`` seconds: cheap, and it works on
+every filesystem, NFS included, where inotify does not). A truncated file is read again from its start; a
+rotated one (another file now under the name) is read to its end, then the new one from its start; each
+is announced by a :class:`Reopened` item, after which ``offset``/``sha256`` describe the new content. A
+stream (stdin, FIFO) read with an ``idle`` callback waits for data with select(), so the caller gets
+control back while the producer is quiet. ``idle()`` is called about every ``poll`` seconds of silence;
+it may raise (to stop at once) or return True to end the stream there, as if the input had ended.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ import itertools
 import logging
 import os
 import re
+import select
 import stat
 import sys
 import time
@@ -34,6 +44,8 @@ from .errors import CometError, one_line
 
 BLOCK = 1 << 20  # bytes read per block (so text pieces are at most ~1 MiB)
 SNIFF = 64 << 10  # bytes sampled to detect encoding / binary content
+SNIFF_PAUSE = 0.5  # a stream quiet this long (seconds) after its first bytes is sniffed with what came
+FOLLOW_POLL = 0.25  # seconds between two looks at a followed file (or a quiet stream) with nothing new
 NUL_WINDOW = 8 << 10  # NUL bytes in this many first bytes mean binary (unless UTF-16/32)
 CONTROL_RATIO = 0.10  # more control / replacement characters than this in the sample means binary
 
@@ -73,6 +85,17 @@ class Piece:
     offset: int  # offset AFTER this piece: bytes (uncompressed for gz) or pages for PDF
 
 
+@dataclass(frozen=True, slots=True)
+class Reopened:
+    """Following a file: what comes next is new content read from its start (offset 0): the file was
+    ``"rotated"`` (another file is now under the name; the old one was read to its end) or ``"truncated"``."""
+
+    reason: str
+
+
+Idle = Callable[[], bool]  # called while waiting for more input; True ends the stream there
+
+
 class Source:
     """One input. Subclasses implement :meth:`pieces` and :meth:`sha256_prefix`.
 
@@ -107,6 +130,9 @@ class Source:
         """Hex sha256 of the byte stream [0, upto), read afresh from the input (see subclasses)."""
         raise NotImplementedError
 
+    def close(self) -> None:
+        """Release what the source holds open before it is read (a followed file); reading closes it too."""
+
     @property
     def sha256(self) -> str:
         """Hex sha256 of the byte stream [0, offset) consumed so far (for pdf: of the whole file)."""
@@ -119,10 +145,17 @@ class Source:
 class TextSource(Source):
     """Plain text or gzip-compressed text in a regular file: seekable, resumable, re-readable."""
 
-    def __init__(self, path: str, kind: str, size: int, encoding: str, bom: int) -> None:
+    def __init__(self, path: str, kind: str, size: int, encoding: str, bom: int, held: BinaryIO | None = None
+                 ) -> None:
         super().__init__(path, kind, size, "bytes", size if kind == "text" else None, encoding)
         self.bom = bom  # length of the BOM at the start of the byte stream (skipped when start == 0)
         self._prefix: tuple[int, hashlib._Hash] | None = None  # (upto, hasher) from sha256_prefix
+        self._held = held  # to follow: the file as opened by open_source (used by the first follow())
+
+    def close(self) -> None:
+        if self._held is not None:
+            self._held.close()
+            self._held = None
 
     def _open(self) -> BinaryIO:
         try:
@@ -168,37 +201,152 @@ class TextSource(Source):
 
     def _pieces(self, start: int) -> Iterator[Piece]:
         with self._open() as stream:
-            if start and self._prefix and self._prefix[0] == start and self.kind == "text":
-                hasher = self._prefix[1].copy()
-                stream.seek(start)
-            else:
-                hasher = hashlib.sha256()
-                n = start or self.bom
-                if self._skip(stream, n, hasher) < n:
-                    raise self._error(f"offset {start} is past the end of the input")
-            self.offset, self._hasher = start or self.bom, hasher
+            self._seek(stream, start)
             blocks = iter(lambda: self._read(stream, BLOCK), b"")
             yield from _decode(self, blocks, check_empty=start == 0)
 
+    def _seek(self, stream: BinaryIO, start: int) -> None:
+        """Position `stream` at `start` (past the BOM for 0), with offset and hasher to match."""
+        if start and self._prefix and self._prefix[0] == start and self.kind == "text":
+            hasher = self._prefix[1].copy()
+            stream.seek(start)
+        else:
+            hasher = hashlib.sha256()
+            n = start or self.bom
+            if self._skip(stream, n, hasher) < n:
+                raise self._error(f"offset {start} is past the end of the input")
+        self.offset, self._hasher = start or self.bom, hasher
+
+    # --- following ------------------------------------------------------------------------------------
+
+    def follow(self, start: int = 0, idle: Idle | None = None, poll: float = FOLLOW_POLL
+               ) -> Iterator[Piece | Reopened]:
+        """Like ``pieces(start)``, then keep reading what is appended to the file, across truncation and
+        rotation (see the module docstring). Ends only when ``idle()`` returns True (or raises).
+
+        ``size``/``total`` follow the file's current size. A truncation is seen when the file is shorter
+        than what was read; one followed by a regrowth past that point between two polls is not (as with
+        ``tail -f``). The first piece of a new file loses a leading BOM (the offsets count it)."""
+        if self.kind != "text":
+            raise self._error("only plain text files can be followed (not gzip)")
+        if start < 0:
+            raise self._error(f"offset {start} is outside the input")
+        return self._follow(start, idle or (lambda: False), poll)
+
+    def _follow(self, start: int, idle: Idle, poll: float) -> Iterator[Piece | Reopened]:
+        stream, self._held = self._held or self._open(), None
+        try:
+            stream.seek(0)
+            self._seek(stream, start)
+            new_content = False  # the first content starts where asked (its BOM, if any, skipped by _seek)
+            while True:
+                change = yield from self._follow_content(stream, idle, poll, strip_bom=new_content)
+                if change is None:
+                    return
+                if change == "rotated":
+                    stream.close()
+                    stream = None
+                    stream = self._open_new(idle, poll)
+                    if stream is None:
+                        return
+                else:
+                    stream.seek(0)
+                self.size = self.total = os.fstat(stream.fileno()).st_size
+                self.offset, self._hasher, new_content = 0, hashlib.sha256(), True
+                yield Reopened(change)
+        finally:
+            if stream is not None:
+                stream.close()
+
+    def _follow_content(self, stream: BinaryIO, idle: Idle, poll: float, strip_bom: bool):
+        """Pieces of one file's content from the stream's position on; returns how it ended: "rotated",
+        "truncated", or None (idle() ended it)."""
+        change = None
+
+        def blocks() -> Iterator[bytes]:
+            nonlocal change
+            while True:
+                block = self._read(stream, BLOCK)
+                if block:
+                    self.size = self.total = max(self.size or 0, stream.tell())
+                    yield block
+                    continue
+                change = self._changed(stream)
+                if change == "rotated":  # what the writer added to the old file just before the switch
+                    block = self._read(stream, BLOCK)
+                    if block:
+                        change = None
+                        yield block
+                        continue
+                if change is not None or idle():
+                    return
+                time.sleep(poll)
+
+        for piece in _decode(self, blocks(), check_empty=False):
+            if strip_bom:
+                strip_bom = False
+                if piece.text.startswith("\ufeff"):
+                    if len(piece.text) == 1:
+                        continue
+                    piece = Piece(piece.text[1:], piece.offset)
+            yield piece
+        return change
+
+    def _changed(self, stream: BinaryIO) -> str | None:
+        """At the end of what the file holds: "truncated", "rotated" or None (nothing yet); updates size."""
+        try:
+            st = os.fstat(stream.fileno())
+        except OSError as e:
+            raise _os_error(self.name, e) from None
+        if st.st_size < stream.tell():
+            return "truncated"
+        self.size = self.total = st.st_size
+        try:
+            now = os.stat(self.name)
+        except FileNotFoundError:  # renamed away and not yet replaced (or deleted): keep the old one
+            return None
+        except OSError as e:
+            raise _os_error(self.name, e) from None
+        return "rotated" if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino) else None
+
+    def _open_new(self, idle: Idle, poll: float) -> BinaryIO | None:
+        """The file now under the name (waiting while there is none); None if idle() ends the wait."""
+        while True:
+            try:
+                return open(self.name, "rb")
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                raise _os_error(self.name, e) from None
+            if idle():
+                return None
+            time.sleep(poll)
+
 
 class StreamSource(Source):
-    """stdin (or a FIFO): read once, from the start only; the sniffed sample is replayed first."""
+    """stdin (or a FIFO): read once, from the start only; the sniffed sample is replayed first.
 
-    def __init__(self, name: str, stream: BinaryIO, sample: bytes, encoding: str, bom: int) -> None:
+    A stream with a file descriptor is read with os.read (no buffering layer in between), waiting with
+    select() when ``pieces`` gets an ``idle`` callback, so the caller keeps control while the producer is
+    quiet (``journalctl -f | comet read -``)."""
+
+    def __init__(self, name: str, stream: BinaryIO, sample: bytes, encoding: str, bom: int,
+                 fd: int | None = None) -> None:
         super().__init__(name, "stdin", None, "bytes", None, encoding)
         self.bom = bom
         self._stream: BinaryIO | None = stream
         self._sample = sample
+        self._fd = fd
 
     def sha256_prefix(self, upto: int) -> str:
         raise self._error("a stream cannot be re-read to verify a resume point")
 
-    def pieces(self, start: int = 0) -> Iterator[Piece]:
+    def pieces(self, start: int = 0, idle: Idle | None = None, poll: float = FOLLOW_POLL) -> Iterator[Piece]:
         if start != 0:
             raise self._error("a stream cannot be resumed (start must be 0)")
         if self._stream is None:
             raise self._error("a stream can only be read once")
-        stream, sample = self._stream, self._sample
+        stream, sample, fd = self._stream, self._sample, self._fd
         self._stream, self._sample = None, b""
         self._hasher = hashlib.sha256(sample[: self.bom])
         self.offset = self.bom
@@ -206,7 +354,12 @@ class StreamSource(Source):
 
         def more() -> bytes:
             try:
-                return read(BLOCK)
+                if fd is None:
+                    return read(BLOCK)
+                while idle is not None and not _readable(fd, poll):
+                    if idle():
+                        return b""  # ended by the caller: like the end of the input
+                return os.read(fd, BLOCK)
             except OSError as e:
                 raise _os_error(self.name, e) from None
 
@@ -269,12 +422,15 @@ class PdfSource(Source):
             raise self._error("PDF has no extractable text (scanned?)")
 
 
-def open_source(path: str, stdin: BinaryIO | None = None, encoding: str | None = None) -> Source:
+def open_source(path: str, stdin: BinaryIO | None = None, encoding: str | None = None,
+                follow: bool = False) -> Source:
     """Validate an input and return its Source; raise SourceError with a one-line message if unusable.
 
-    ``path`` "-" reads ``stdin`` (default ``sys.stdin.buffer``); its first 64 KiB are read here to
-    sniff the content. ``encoding`` forces a codec for text (pass the recorded ``source.encoding`` when
-    resuming); otherwise UTF-8 (BOM stripped), a UTF-16/32 BOM, or charset-normalizer's guess is used.
+    ``path`` "-" reads ``stdin`` (default ``sys.stdin.buffer``); its first 64 KiB (or what comes before
+    it pauses) are read here to sniff the content. ``encoding`` forces a codec for text (pass the recorded
+    ``source.encoding`` when resuming); otherwise UTF-8 (BOM stripped), a UTF-16/32 BOM, or
+    charset-normalizer's guess is used. ``follow``: the file is to be followed (TextSource.follow), so
+    an empty or blank one is fine (UTF-8 unless forced) and gzip or PDF is refused.
     """
     if encoding is not None:
         try:
@@ -296,6 +452,12 @@ def open_source(path: str, stdin: BinaryIO | None = None, encoding: str | None =
         raise _os_error(path, e) from None
     if not stat.S_ISREG(st.st_mode):  # FIFO, /dev/fd/N, character device: a one-shot stream
         return _open_stream(path, f, encoding)
+    if follow:  # keep the file open: it is the one to read to its end, even if rotated before reading starts
+        try:
+            return _open_followed(path, f, st.st_size, encoding)
+        except BaseException:
+            f.close()
+            raise
     with f:
         try:
             head = _read_full(f, SNIFF)
@@ -309,6 +471,23 @@ def open_source(path: str, stdin: BinaryIO | None = None, encoding: str | None =
         return _open_pdf(path, st.st_size)
     enc, bom = _sniff(path, head, complete=len(head) == st.st_size, forced=encoding)
     return TextSource(path, "text", st.st_size, enc, bom)
+
+
+def _open_followed(path: str, f: BinaryIO, size: int, forced: str | None) -> TextSource:
+    """A regular file to follow, open in `f` (kept by the source). Empty or blank is fine (UTF-8 unless
+    forced): the log may just have been created; gzip and PDF are refused."""
+    try:
+        head = _read_full(f, SNIFF)
+    except OSError as e:
+        raise _os_error(path, e) from None
+    if head.startswith(b"\x1f\x8b") or b"%PDF-" in head[:1024]:
+        what = "gzip" if head.startswith(b"\x1f\x8b") else "PDF"
+        raise SourceError(f"{path}: {what} files cannot be followed (--follow reads growing text files)")
+    if head.strip():
+        enc, bom = _sniff(path, head, complete=False, forced=forced)  # a writer may be mid-character
+    else:
+        enc, bom = forced or "utf-8", 0
+    return TextSource(path, "text", size, enc, bom, held=f)
 
 
 def estimate_tokens(source: Source, count_tokens: Callable[[str], int] | None = None) -> int | None:
@@ -376,16 +555,52 @@ def _decode(source: Source, blocks: Iterable[bytes], check_empty: bool) -> Itera
 
 
 def _open_stream(name: str, stream: BinaryIO, forced: str | None) -> StreamSource:
+    fd = _stream_fd(stream)
     try:
-        head = _read_full(stream, SNIFF)
+        if fd is None:
+            head = _read_full(stream, SNIFF)
+            complete = len(head) < SNIFF
+        else:
+            head, complete = _read_head(fd, SNIFF)
     except OSError as e:
         raise _os_error(name, e) from None
     if head.startswith(b"\x1f\x8b"):
         raise SourceError(f"{name}: gzip data on a stream is not supported (pass the .gz file, or use zcat)")
     if head.startswith(b"%PDF-"):
         raise SourceError(f"{name}: PDF on a stream is not supported (pass the .pdf file)")
-    enc, bom = _sniff(name, head, complete=len(head) < SNIFF, forced=forced)
-    return StreamSource(name, stream, head, enc, bom)
+    enc, bom = _sniff(name, head, complete=complete, forced=forced)
+    return StreamSource(name, stream, head, enc, bom, fd)
+
+
+def _stream_fd(stream: BinaryIO) -> int | None:
+    """The OS file descriptor under a stream not read from yet (None for in-memory streams)."""
+    try:
+        fd = stream.fileno()
+        os.fstat(fd)
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is an OSError and a ValueError
+        return None
+    return fd
+
+
+def _readable(fd: int, timeout: float) -> bool:
+    """Whether `fd` has data (or its end) within `timeout` seconds."""
+    return bool(select.select([fd], [], [], timeout)[0])
+
+
+def _read_head(fd: int, n: int) -> tuple[bytes, bool]:
+    """Up to `n` first bytes of a stream, and whether they are all of it. Waits for the first bytes, then
+    takes what arrives until the stream pauses (SNIFF_PAUSE): a slow producer (a log being written) is
+    sniffed with its first lines instead of being waited for until 64 KiB have come."""
+    parts, got = [], 0
+    while got < n:
+        if got and not _readable(fd, SNIFF_PAUSE):
+            return b"".join(parts), False
+        data = os.read(fd, n - got)
+        if not data:
+            return b"".join(parts), True
+        parts.append(data)
+        got += len(data)
+    return b"".join(parts), False
 
 
 def _open_gzip(path: str, size: int, forced: str | None) -> TextSource:

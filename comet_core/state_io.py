@@ -7,7 +7,13 @@ A state file holds, without the batch dimension:
     pending_text  [m] uint8   UTF-8 text not yet tokenized
 and one metadata entry "comet" (JSON): format, version, model name and fingerprint, precision, dtype,
 settings (c, s, G, B_T), counters, the sources read, and a sha256 of the tensor bytes (safetensors
-itself does not detect a flipped byte in the data).
+itself does not detect a flipped byte in the data). A state written while a read goes on (a checkpoint
+of `comet read --follow`, or of any read with --checkpoint-every) also has a "checkpoint" entry (number,
+rhythm, the writer's pid and host) and an "interrupted" record (how to resume it); the final save has
+neither.
+
+Concurrent readers: every write replaces the file by an atomic rename, and a reader reads the file in
+one go (`read_state_file`), then parses those bytes only, so it sees one complete version, never a mix.
 Size: L * (G + T) * d * bytes_per_element (+ the pending tokens), e.g. SmolLM2-135M (L=30, d=576) with
 G=64, T=256 in bf16: 30 * 320 * 576 * 2 = 11,059,200 bytes.
 """
@@ -18,6 +24,8 @@ import hashlib
 import json
 import os
 import tempfile
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
@@ -105,8 +113,40 @@ def save_state(path: str | os.PathLike, state: MemoryState, meta: dict) -> int:
     return len(data)
 
 
+@dataclass(frozen=True)
+class StateFile:
+    """One version of a state file, read in one go: what `load_state` and `comet info` work from."""
+
+    path: str
+    meta: dict
+    tensors: dict[str, torch.Tensor]
+    nbytes: int  # size of that version (the file on disk may have been replaced since)
+
+    @property
+    def age(self) -> float | None:
+        """Seconds since this version was written (from its "updated" time), None if unknown."""
+        return age_seconds(self.meta)
+
+
+def age_seconds(meta: dict) -> float | None:
+    try:
+        updated = datetime.fromisoformat(meta["updated"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    if updated.tzinfo is None:
+        updated = updated.replace(tzinfo=UTC)
+    return max(0.0, (datetime.now(UTC) - updated).total_seconds())
+
+
 def read_meta(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
     """Parse and integrity-check a state file; returns (metadata, tensors). No model needed."""
+    f = read_state_file(path)
+    return f.meta, f.tensors
+
+
+def read_state_file(path: str | os.PathLike) -> StateFile:
+    """Read a state file once (one open, one read: a concurrent atomic replace cannot mix two versions),
+    parse and integrity-check it. No model needed."""
     path = Path(path)
     try:
         data = path.read_bytes()
@@ -116,8 +156,10 @@ def read_meta(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
         raise StateError(f"{path}: is a directory, not a state file") from None
     except OSError as e:
         raise StateError(f"{path}: cannot read ({e.strerror or e})") from None
-    if len(data) < 8:
-        raise StateError(f"{path}: not a comet state file (empty or truncated)")
+    if not data:
+        raise StateError(f"{path}: not a comet state file (the file is empty)")
+    if data[8:9] != b"{":  # a safetensors file: 8 bytes of header length, then the JSON header
+        raise StateError(f"{path}: not a comet state file")
     try:
         tensors = st_load(data)
         header_len = int.from_bytes(data[:8], "little")
@@ -137,13 +179,15 @@ def read_meta(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
                          f"supports ({VERSION}); upgrade comet")
     if _digest(tensors) != meta.get("data_sha256"):
         raise StateError(f"{path}: corrupt state file (checksum mismatch)")
-    return meta, tensors
+    return StateFile(str(path), meta, tensors, len(data))
 
 
-def load_state(path: str | os.PathLike, expect: dict) -> tuple[MemoryState, dict]:
-    """Load a state and check it fits the model: `expect` holds fingerprint, settings, dtype, n_layers,
-    d and model (name, for messages). Raises StateError with a precise one-line reason otherwise."""
-    meta, t = read_meta(path)
+def load_state(path: str | os.PathLike | StateFile, expect: dict) -> tuple[MemoryState, dict]:
+    """Load a state (a path, or a StateFile already read) and check it fits the model: `expect` holds
+    fingerprint, settings, dtype, n_layers, d and model (name, for messages). Raises StateError with a
+    precise one-line reason otherwise."""
+    f = path if isinstance(path, StateFile) else read_state_file(path)
+    path, meta, t = f.path, f.meta, f.tensors
     if meta.get("fingerprint") != expect["fingerprint"]:
         raise StateError(f"{path}: state was made with another model or adapter ({meta.get('model')}, "
                          f"fingerprint {str(meta.get('fingerprint'))[:12]}), not {expect['model']} "

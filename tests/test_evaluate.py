@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import random
+import sys
 
 import pytest
 import torch
@@ -12,14 +14,19 @@ from click.testing import CliRunner
 from test_data import _make_data
 from tiny import save_tiny, tiny_lm, tiny_tokenizer
 
+from comet_cli import plot
 from comet_cli.eval_cmd import eval_group
+from comet_cli.main import cli
+from comet_cli.values import fmt_tokens, parse_choices, parse_depths, parse_lengths
 from comet_core import evaluate as ev
 from comet_core.adapter import save_adapter
 from comet_core.config import CometConfig
-from comet_core.loading import load_model, model_fingerprint
+from comet_core.engine import Engine
+from comet_core.errors import CometError
+from comet_core.loading import Loaded, load_model, model_fingerprint
 from comet_core.model import CometModel
 from comet_core.prompt import question_ids
-from comet_core.tasks import squad_f1
+from comet_core.tasks import make_sample, squad_f1
 
 CFG = CometConfig(chunk_size=64, stride=8, n_global=4, budget=16, lora_rank=2)
 
@@ -45,19 +52,24 @@ def _data(env, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the CLI leaves torch's threads alone then
 
 
+def engine(lm, tok, model: CometModel | None = None) -> Engine:
+    """An Engine around an in-memory backbone (and memory), as engine.load builds one."""
+    return Engine(Loaded(lm, tok, "tiny", "fp32", torch.float32, torch.device("cpu")), model, None, None)
+
+
 def test_parse_arguments():
-    assert ev.parse_lengths("4k,16k,64k,1M") == [4096, 16384, 65536, 1 << 20]
-    assert ev.parse_lengths("300, 0.5k,300") == [300, 512]
-    assert ev.parse_depths("0,0.5,1") == [0.0, 0.5, 1.0]
-    assert ev.parse_choices("full,comet", ev.SYSTEMS, "system") == ["full", "comet"]
+    assert parse_lengths("4k,16k,64k,1M") == [4096, 16384, 65536, 1 << 20]
+    assert parse_lengths("300, 0.5k,300") == [300, 512]
+    assert parse_depths("0,0.5,1") == [0.0, 0.5, 1.0]
+    assert parse_choices("full,comet", ev.SYSTEMS, "system") == ["full", "comet"]
     for bad in ("4x", "", "-1k"):
         with pytest.raises(ValueError):
-            ev.parse_lengths(bad)
+            parse_lengths(bad)
     with pytest.raises(ValueError):
-        ev.parse_depths("1.5")
+        parse_depths("1.5")
     with pytest.raises(ValueError):
-        ev.parse_choices("comet,rag", ev.SYSTEMS, "system")
-    assert [ev.fmt_length(n) for n in (4096, 1 << 20, 300)] == ["4k", "1M", "300"]
+        parse_choices("comet,rag", ev.SYSTEMS, "system")
+    assert [fmt_tokens(n) for n in (4096, 1 << 20, 300)] == ["4k", "1M", "300"]
 
 
 def test_full_attention_prefill_and_greedy_decoding(monkeypatch):
@@ -91,21 +103,21 @@ def test_answers_on_the_same_samples_and_truncation():
     again = ev.make_cells("passkey", tok, [400], [1.0], 2, seed=3)  # a cell does not depend on the others
     assert [s.context for s in again[(400, 1.0)]] == [s.context for s in cells[(400, 1.0)]]
     assert cells[(400, 1.0)][0].context != cells[(400, 1.0)][1].context
-    full = ev.System("full", tiny_lm(), tok, "fp32")
+    full = engine(tiny_lm(), tok)
     full.lm.config.max_position_embeddings = 300  # a small window: the 400-token inputs are truncated
-    rows = ev.run_answers(full, "passkey", cells, max_new_tokens=3)
+    rows = ev.run_answers("full", full, "passkey", cells, max_new_tokens=3)
     assert [(r["length"], r["truncated"]) for r in rows[::2]] == [(200, False), (200, False), (400, True), (400, True)]
     assert all(r["acc"] in (0.0, 1.0) and r["answers"] == [r["answers"][0]] for r in rows)
 
 
 def test_lm_perplexity_variants():
     tok = tiny_tokenizer()
-    comet = ev.System("comet", tiny_lm(), tok, "fp32", None)
-    comet.model = CometModel.create(comet.lm, CFG)
-    full = ev.System("full", tiny_lm(), tok, "fp32")
+    lm = tiny_lm()
+    comet = engine(lm, tok, CometModel.create(lm, CFG))
+    full = engine(tiny_lm(), tok)
     cells = ev.make_cells("lm", tok, [200], None, 2, seed=0, chunk_size=CFG.chunk_size)
     assert list(cells) == [(200, None)] and len(cells[(200, None)]) == 2
-    rows = ev.run_lm(comet, cells, CFG.chunk_size) + ev.run_lm(full, cells, CFG.chunk_size)
+    rows = ev.run_lm("comet", comet, cells, CFG.chunk_size) + ev.run_lm("full", full, cells, CFG.chunk_size)
     assert sorted({r["system"] for r in rows}) == ["comet", "comet-nomem", "full"]
     for r in rows:
         assert r["k"] == 3 and r["scored"] == CFG.chunk_size - 1 and math.isfinite(r["ppl"]) and r["ppl"] > 1
@@ -127,6 +139,26 @@ def test_lm_perplexity_variants():
     assert ev.nll_with_memory(comet.model, ids, 0) == ev.nll_with_memory(comet.model, ids, 0, memory=False)
 
 
+def test_heldout_accuracy_answers_through_the_engine():
+    tok, lm = tiny_tokenizer(), tiny_lm()
+    e = engine(lm, tok, CometModel.create(lm, CFG, seed=1))
+    acc, rows = ev.heldout_accuracy(e, "passkey", 150, 2, max_new_tokens=3)
+    assert ev.heldout_accuracy(e, "passkey", 150, 2, max_new_tokens=3) == (acc, rows)  # the same samples
+    assert len(rows) == 2 and acc == sum(r["acc"] for r in rows) / 2
+    s = make_sample("passkey", tok, 150, random.Random("heldout:passkey:0:150"), "eval")
+    assert rows[0]["answer"] == s.answer  # the first sample, asked the way the CLI asks
+    assert rows[0]["prediction"] == e.answer(e.read(s.context), s.question, max_new_tokens=3)
+
+
+def test_plotting_without_matplotlib_is_a_one_line_error(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now fails
+    rows = [{"task": "passkey", "precision": "4bit", "system": "comet", "length": 4096, "depth": 0.0, "acc": 1.0}]
+    with pytest.raises(CometError) as e:
+        plot.heatmap(ev.summarize(rows), tmp_path / "h.png")
+    assert str(e.value) == "plotting needs matplotlib: pip install 'comet-reader[plot]'"
+    assert not (tmp_path / "h.png").exists()
+
+
 def test_summary_targets_and_heatmap(tmp_path):
     rows = []
     for system, hit in (("comet", 1.0), ("full", 0.0)):
@@ -142,7 +174,7 @@ def test_summary_targets_and_heatmap(tmp_path):
     targets = ev.check_targets(summary)
     assert [(t["length"], t["pass"]) for t in targets] == [(4096, True), (16384, True)]
     png = tmp_path / "h.png"
-    ev.heatmap(summary, png)
+    plot.heatmap(summary, png)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     qa = [{"task": "needle_qa", "precision": "bf16", "system": s, "length": 4096, "depth": 0.5, "sample": i,
@@ -209,3 +241,35 @@ def test_cli_usage_errors(env):
     assert r.exit_code == 2 and "bad length" in r.output
     r = runner.invoke(eval_group, ["lm", "--adapter", str(env / "adapter.safetensors"), "--precision", "2bit"])
     assert r.exit_code == 2 and "precision" in r.output
+
+
+def test_cli_checks_plotting_and_data_before_loading(env, tmp_path, monkeypatch):
+    def no_load(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(ev, "load", no_load)
+    args = ["eval", "passkey", "--model", str(env / "model"), "--adapter", str(env / "adapter.safetensors"),
+            "--precision", "fp32", "--lengths", "200"]
+    runner = CliRunner()
+    with monkeypatch.context() as m:
+        m.setitem(sys.modules, "matplotlib", None)
+        r = runner.invoke(cli, [*args, "--out", str(tmp_path / "p.png")])
+    assert r.exit_code == 1
+    assert r.stderr == "comet: error: plotting needs matplotlib: pip install 'comet-reader[plot]'\n"
+    monkeypatch.setenv("COMET_DATA", str(tmp_path / "nothing"))
+    r = runner.invoke(cli, args)
+    assert r.exit_code == 1 and len(r.stderr.splitlines()) == 1
+    assert r.stderr.startswith("comet: error: ") and "python scripts/fetch_data.py" in r.stderr
+    assert "scripts/fetch_data.py" in runner.invoke(cli, ["eval", "--help"]).output
+
+
+def test_cli_errors_are_comet_errors_and_lm_generates_nothing(env, tmp_path):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not an adapter")
+    runner = CliRunner()
+    r = runner.invoke(eval_group, ["lm", "--adapter", str(bad), "--lengths", "200"])
+    assert isinstance(r.exception, CometError) and "not a valid comet adapter" in str(r.exception)
+    r = runner.invoke(cli, ["eval", "lm", "--adapter", str(bad), "--lengths", "200"])
+    assert r.exit_code == 1 and r.stderr.startswith("comet: error: ") and len(r.stderr.splitlines()) == 1
+    r = runner.invoke(eval_group, ["lm", "--adapter", str(env / "adapter.safetensors"), "-n", "3"])
+    assert r.exit_code == 2 and "No such option" in r.output

@@ -15,7 +15,7 @@ from comet_core.config import CometConfig
 from comet_core.model import CometModel
 from comet_core.prompt import question_ids
 from comet_core.tasks import Sample
-from comet_core.train.trainer import Curriculum, TrainArgs, encode, sample_loss, train
+from comet_core.train.trainer import Curriculum, Encoded, TrainArgs, encode, sample_loss, train
 
 
 @pytest.fixture(scope="module")
@@ -189,3 +189,20 @@ def test_lm_sample_with_context_filling_whole_chunks_still_has_a_token_to_predic
                  random.Random(0))
     assert len(enc.live) > enc.n_target and enc.chunks[-1] and len(enc.chunks[-1]) == 31
 
+
+
+def test_a_multi_question_sample_trains_every_answer_and_each_as_if_asked_alone():
+    tok = tiny_tokenizer()
+    m = CometModel.create(tiny_lm(), CometConfig(chunk_size=32, stride=4, n_global=4, budget=8))
+    s = passkey_sample("12345")
+    s.turns = [("What is the second key?", "777"), ("And the third?", "4242")]
+    enc = encode(s, tok, m.cfg, random.Random(0))
+    eot = tok.convert_tokens_to_ids("<|im_end|>")
+    assert [enc.live[i] for i in enc.targets()] == (tok.encode("12345") + [eot] + tok.encode("777") + [eot]
+                                                     + tok.encode("4242") + [eot])
+    assert enc.n_predicted == len(enc.targets()) and len(enc.earlier) == 2
+    with torch.no_grad():
+        whole, _ = sample_loss(m, enc, grad_ckpt=False)
+        parts = [sample_loss(m, Encoded(enc.chunks, enc.live[:b], b - a), grad_ckpt=False)[0]
+                 for a, b in [*enc.earlier, (len(enc.live) - enc.n_target, len(enc.live))]]
+    torch.testing.assert_close(whole, sum(parts))  # causal: a later turn never changes an earlier answer

@@ -13,8 +13,10 @@ The split is ``"train"`` or ``"eval"``, and the two use *disjoint* source docume
   their id (about 10% go to eval);
 * filler, needles and questions all come from the requested split only.
 
-Tasks (``TASKS``): ``passkey``, ``needle_qa``, ``multi_needle``, ``vartrack``, ``recall`` and ``lm``; see
-``make_sample``. Metrics: ``squad_em``, ``squad_f1`` and ``score``.
+Tasks (``TASKS``): ``passkey``, ``fact``, ``needle_qa``, ``multi_needle``, ``vartrack``, ``recall`` and
+``lm``; see ``make_sample``. The eval split of ``passkey`` and ``fact`` is also *phrased* differently: its
+needles and questions use templates (and, for facts, names and values) that training never sees.
+Metrics: ``squad_em``, ``squad_f1`` and ``score``.
 
 Modules: ``corpus`` (the data folder, source documents and the split), ``haystack`` (filler text with
 inserts at chosen depths), ``generators`` (``Sample`` and the tasks) and ``metrics``.
@@ -26,6 +28,7 @@ from .corpus import EVAL_FRACTION, DataMissingError, Doc, data_dir, documents, s
 from .generators import (
     TASKS,
     Sample,
+    make_fact,
     make_lm,
     make_multi_needle,
     make_needle_qa,
@@ -46,6 +49,7 @@ __all__ = [
     "documents",
     "make_sample",
     "make_passkey",
+    "make_fact",
     "make_needle_qa",
     "make_multi_needle",
     "make_vartrack",

@@ -11,10 +11,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .corpus import SPLITS, _docs_cached, _root, _split_items, _squad
+from .corpus import SPLITS, _docs_cached, _hash01, _root, _split_items, _squad
 from .haystack import LENGTH_TOLERANCE, _depth, _haystack, _Insert, _ntok, _prose_stream, _Stream, _Unit, _units
 
-TASKS: tuple[str, ...] = ("passkey", "needle_qa", "multi_needle", "vartrack", "recall", "lm")
+TASKS: tuple[str, ...] = ("passkey", "fact", "needle_qa", "multi_needle", "vartrack", "recall", "lm")
 
 
 @dataclass
@@ -25,37 +25,65 @@ class Sample:
     task: str  # one of TASKS
     answers: list[str] = field(default_factory=list)  # all gold answers (needle_qa), else [answer]
     meta: dict[str, Any] = field(default_factory=dict)  # diagnostics: depth(s), doc ids, token count
+    turns: list[tuple[str, str]] = field(default_factory=list)  # more (question, answer) pairs about the same
+    #                                                          context, asked after the first (training)
 
 
 # ----------------------------------------------------------------------------------------------
 # Tasks
 # ----------------------------------------------------------------------------------------------
 
-_PASSKEY_NEEDLES = (
-    "The pass key is {k}. Remember it. {k} is the pass key.",
-    "The passkey is {k}. Remember it. {k} is the passkey.",
-    "The pass key is {k}. Remember it: {k} is the pass key.",
-    "Remember this pass key: {k}. The pass key is {k}.",
-    "Important: the secret pass key is {k}. Keep it in mind, because {k} is the pass key.",
-    "Note that the pass key is {k}. I repeat, the pass key is {k}.",
-    "Here is the pass key you will need later: {k}. Once more, the pass key is {k}.",
-)
-_PASSKEY_QUESTIONS = (
-    "What is the pass key?",
-    "What is the passkey?",
-    "What is the pass key mentioned in the text?",
-    "Which number is the pass key?",
-    "Tell me the pass key.",
-    "What was the pass key I asked you to remember?",
-    "What is the pass key? Answer with the number only.",
-    "The text contains a pass key. What is it?",
-)
-_PASSKEY_INTROS = (
-    "There is an important info hidden inside a lot of irrelevant text. Find it and memorize it. "
-    "I will quiz you about the important information there.",
-    "Somewhere in the following text there is a pass key. Find it and remember it.",
-    "Read the following text carefully. It hides a pass key that you must remember.",
-)
+# Phrasings: the train split's templates, and held-out ones that only the eval split uses, so an
+# evaluation also asks in words the training never showed.
+_PASSKEY_NEEDLES = {
+    "train": (
+        "The pass key is {k}. Remember it. {k} is the pass key.",
+        "The passkey is {k}. Remember it. {k} is the passkey.",
+        "The pass key is {k}. Remember it: {k} is the pass key.",
+        "Remember this pass key: {k}. The pass key is {k}.",
+        "Important: the secret pass key is {k}. Keep it in mind, because {k} is the pass key.",
+        "Note that the pass key is {k}. I repeat, the pass key is {k}.",
+        "Here is the pass key you will need later: {k}. Once more, the pass key is {k}.",
+    ),
+    "eval": (
+        "Write this down somewhere safe: the pass key is {k}. That is {k}.",
+        "By the way, the passkey you will be asked for later is {k} ({k}).",
+        "Do not forget it: pass key = {k}. Again, {k}.",
+        "A short reminder before we go on. Your pass key: {k}. Pass key: {k}.",
+        "(The pass key, should anyone ask, is {k}; yes, {k}.)",
+    ),
+}
+_PASSKEY_QUESTIONS = {
+    "train": (
+        "What is the pass key?",
+        "What is the passkey?",
+        "What is the pass key mentioned in the text?",
+        "Which number is the pass key?",
+        "Tell me the pass key.",
+        "What was the pass key I asked you to remember?",
+        "What is the pass key? Answer with the number only.",
+        "The text contains a pass key. What is it?",
+    ),
+    "eval": (
+        "Which pass key appeared in the document?",
+        "Please give me the passkey from the text.",
+        "I hid a pass key in that text. What was it?",
+        "Recall the pass key and reply with its digits.",
+        "Do you remember the pass key? What is it?",
+    ),
+}
+_PASSKEY_INTROS = {
+    "train": (
+        "There is an important info hidden inside a lot of irrelevant text. Find it and memorize it. "
+        "I will quiz you about the important information there.",
+        "Somewhere in the following text there is a pass key. Find it and remember it.",
+        "Read the following text carefully. It hides a pass key that you must remember.",
+    ),
+    "eval": (
+        "A pass key is buried somewhere in the long text below; keep it in mind.",
+        "Below is a long document. One line of it gives a pass key: you will need it at the end.",
+    ),
+}
 
 
 def _number(rng: random.Random, digits: int) -> str:
@@ -64,19 +92,160 @@ def _number(rng: random.Random, digits: int) -> str:
 
 def make_passkey(tokenizer: Any, n_tokens: int, rng: random.Random, split: str = "train",
                  depth: float | None = None) -> Sample:
-    """Landmark-Attention passkey retrieval over real essay/play text, with varied phrasing."""
+    """Landmark-Attention passkey retrieval over real essay/play text, with varied phrasing (the eval
+    split's needles, questions and intros are worded differently from the train split's)."""
     root = _root()
     d = _depth(rng, depth)
     digits = 5 if rng.random() < 0.6 else rng.choice((4, 6, 7))
     key = _number(rng, digits)
-    needle = rng.choice(_PASSKEY_NEEDLES).format(k=key)
-    intro = rng.choice(_PASSKEY_INTROS) if rng.random() < 0.5 else None
-    question = rng.choice(_PASSKEY_QUESTIONS)
+    needle = rng.choice(_PASSKEY_NEEDLES[split]).format(k=key)
+    intro = rng.choice(_PASSKEY_INTROS[split]) if rng.random() < 0.5 else None
+    question = rng.choice(_PASSKEY_QUESTIONS[split])
     stream = _prose_stream(tokenizer, root, rng, split)
     context, meta = _haystack(tokenizer, n_tokens, stream, [_Insert(d, needle)], intro)
     meta.update(depth=meta["depths"][0], needle=needle, requested_depth=d,
                 needle_end=meta["char_positions"][0] + len(needle))
     return Sample(context, question, key, "passkey", [key], meta)
+
+
+# Facts: one plain sentence about a named person or thing, hidden in unrelated prose, asked in plain
+# words. Names and values are split by hash (an eval sample's people, cities and pets never appear in
+# training), and so are the phrasings: each relation has train and eval statements and questions.
+_FIRST = (
+    "Alice", "Bruno", "Carmen", "Dmitri", "Elena", "Farid", "Greta", "Hiro", "Ines", "Jonas", "Keiko", "Luca",
+    "Maya", "Nikolai", "Olga", "Pedro", "Quinn", "Rosa", "Samir", "Tara", "Umar", "Vera", "Walter", "Ximena",
+    "Yusuf", "Zoe", "Amara", "Bjorn", "Chloe", "Diego", "Esther", "Felix", "Gloria", "Hector", "Ingrid",
+    "Jamal", "Kira", "Liam", "Marta", "Noah", "Oscar", "Priya", "Rafael", "Sofia", "Tomas", "Ursula",
+    "Victor", "Wanda", "Yara", "Zane", "Anton", "Beatriz", "Cyrus", "Daria", "Emil", "Fatima", "Gustav",
+    "Hanna", "Ivan", "Julia",
+)
+_LAST = (
+    "Abbott", "Berger", "Castillo", "Dubois", "Eriksen", "Fischer", "Garcia", "Hartmann", "Ivanova",
+    "Jensen", "Kowalski", "Lindqvist", "Moreau", "Nakamura", "Okafor", "Petrov", "Quintero", "Rossi",
+    "Schneider", "Tanaka", "Urquhart", "Vargas", "Weber", "Xu", "Yilmaz", "Zimmer", "Alvarez", "Becker",
+    "Costa", "Dalton", "Engel", "Ferrari", "Gomez", "Haas", "Ibsen", "Jovanovic", "Keller", "Larsen",
+    "Mendes", "Novak", "Ortega", "Pereira", "Ramos", "Santos", "Torres", "Ueda", "Vogel", "Wagner", "Young",
+    "Ziegler",
+)
+_CITIES = (
+    "Lisbon", "Oslo", "Krakow", "Valencia", "Montreal", "Nairobi", "Osaka", "Porto", "Seville", "Tallinn",
+    "Dublin", "Edinburgh", "Geneva", "Hamburg", "Istanbul", "Jakarta", "Kyoto", "Lima", "Marseille", "Naples",
+    "Perth", "Quito", "Riga", "Santiago", "Toronto", "Utrecht", "Vienna", "Warsaw", "Zagreb", "Bergen",
+    "Cairo", "Denver", "Florence", "Glasgow", "Helsinki", "Lyon", "Munich", "Prague", "Reykjavik", "Sydney",
+)
+_JOBS = (
+    "carpenter", "pharmacist", "pilot", "baker", "librarian", "veterinarian", "architect", "electrician",
+    "nurse", "translator", "plumber", "geologist", "photographer", "chef", "dentist", "journalist", "tailor",
+    "firefighter", "astronomer", "locksmith", "gardener", "surgeon", "accountant", "beekeeper", "jeweler",
+    "mechanic", "potter", "sculptor", "violinist", "zookeeper",
+)
+_PETS = ("dog", "cat", "parrot", "horse", "rabbit", "tortoise", "goat", "hamster")
+_PET_NAMES = (
+    "Biscuit", "Pepper", "Mango", "Shadow", "Noodle", "Pickles", "Waffles", "Ziggy", "Clementine", "Bramble",
+    "Juniper", "Marble", "Nugget", "Pumpkin", "Rascal", "Sprocket", "Truffle", "Domino", "Figaro", "Hazel",
+    "Oreo", "Pixel", "Tofu", "Whisky", "Cinder", "Dumpling", "Gizmo", "Kiwi", "Muffin", "Pistachio",
+)
+_COLORS = ("red", "blue", "green", "yellow", "purple", "orange", "white", "black", "pink", "gray", "teal",
+           "brown")
+_OBJECTS = ("front door", "bicycle", "fence", "boat", "kitchen table", "mailbox", "garage", "car", "bookshelf",
+            "garden shed")
+_ITEMS = ("apples", "bricks", "candles", "lemons", "nails", "potatoes", "tiles", "wine", "oranges", "soap")
+_DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+
+# relation -> (answer field, {split: (statements, questions)})
+_FACTS: dict[str, tuple[str, dict[str, tuple[tuple[str, ...], tuple[str, ...]]]]] = {
+    "city": ("city", {
+        "train": (("{name} moved to {city} in {year}.", "In {year}, {name} moved to {city}.",
+                   "{name} has lived in {city} since {year}."),
+                  ("Where did {name} move to?", "Which city does {name} live in?", "Where does {name} live?")),
+        "eval": (("{name} packed up everything and relocated to {city} back in {year}.",
+                  "It was {year} when {name} finally settled in {city}."),
+                 ("What city did {name} relocate to?", "Name the city that {name} settled in.")),
+    }),
+    "job": ("job", {
+        "train": (("{name} works as a {job}.", "{name} is a {job} by trade.", "By profession, {name} is a {job}."),
+                  ("What is {name}'s job?", "What does {name} do for a living?", "What is {name}'s occupation?")),
+        "eval": (("For many years now {name} has earned a living as a {job}.",
+                  "Ask anyone in town and they will tell you that {name} is the local {job}."),
+                 ("What is {name}'s profession?", "What kind of work does {name} do?")),
+    }),
+    "pet": ("pet_name", {
+        "train": (("{name} has a {pet} called {pet_name}.", "{name}'s {pet} is named {pet_name}."),
+                  ("What is the name of {name}'s {pet}?", "What is {name}'s {pet} called?")),
+        "eval": (("{pet_name} is the name of the {pet} that {name} adopted last spring.",),
+                 ("What did {name} name the {pet}?", "How is the {pet} of {name} named?")),
+    }),
+    "color": ("color", {
+        "train": (("{name}'s {obj} is painted {color}.", "The {obj} that belongs to {name} is {color}."),
+                  ("What color is {name}'s {obj}?", "Which color is the {obj} of {name}?")),
+        "eval": (("Last summer {name} repainted the {obj} a bright shade of {color}.",),
+                 ("Which color did {name} paint the {obj}?", "What is the color of {name}'s {obj} now?")),
+    }),
+    "count": ("n", {
+        "train": (("The warehouse in {city} holds {n} crates of {item}.",
+                   "There are {n} crates of {item} in the {city} warehouse."),
+                  ("How many crates of {item} are in the warehouse in {city}?",
+                   "How many crates of {item} does the {city} warehouse hold?")),
+        "eval": (("According to the inventory, exactly {n} crates of {item} are stored in {city}.",),
+                 ("What number of crates of {item} are stored in {city}?",
+                  "How many {item} crates does the inventory list for {city}?")),
+    }),
+    "day": ("day", {
+        "train": (("The meeting with {name} is on {day}.", "{name} will visit the office on {day}."),
+                  ("On which day is the meeting with {name}?", "When will {name} visit the office?")),
+        "eval": (("{name} called to move the appointment to {day} instead.",),
+                 ("What day was the appointment with {name} moved to?", "On what day is {name} now expected?")),
+    }),
+}
+
+
+_FACT_EVAL_FRACTION = 0.25  # of each pool of names and values (small pools: a quarter keeps eval varied)
+
+
+def _pick(rng: random.Random, pool: tuple[str, ...], split: str) -> str:
+    """A member of `pool` whose split (by hash) is `split` (eval items are never used in training)."""
+    mine = [x for x in pool if (_hash01(f"fact:{x}") < _FACT_EVAL_FRACTION) == (split == "eval")]
+    return rng.choice(mine)
+
+
+def _fact(rng: random.Random, split: str, taken: set[str]) -> tuple[str, str, str, str, dict]:
+    """(relation, statement, question, answer, fields) of one fact about a person not in `taken`."""
+    relation = rng.choice(sorted(_FACTS))
+    key, templates = _FACTS[relation]
+    statements, questions = templates[split]
+    while True:
+        name = f"{rng.choice(_FIRST)} {_pick(rng, _LAST, split)}"
+        if name not in taken:
+            break
+    f = {"name": name, "city": _pick(rng, _CITIES, split), "year": str(rng.randint(1950, 2023)),
+         "job": _pick(rng, _JOBS, split), "pet": rng.choice(_PETS), "pet_name": _pick(rng, _PET_NAMES, split),
+         "color": rng.choice(_COLORS), "obj": rng.choice(_OBJECTS), "n": str(rng.randint(12, 9800)),
+         "item": rng.choice(_ITEMS), "day": rng.choice(_DAYS)}
+    return relation, rng.choice(statements).format(**f), rng.choice(questions).format(**f), f[key], f
+
+
+def make_fact(tokenizer: Any, n_tokens: int, rng: random.Random, split: str = "train",
+              depth: float | None = None) -> Sample:
+    """One sentence of fact (a person's city, job, pet, a thing's color, a count, a day) hidden in
+    unrelated prose, asked in plain words; the answer is a short entity (a name, a word or a number).
+    Training samples hide one to three facts about different people and ask about each (`turns`), so one
+    read teaches several answers; eval samples hide one. ``depth`` places the asked fact."""
+    root = _root()
+    d = _depth(rng, depth)
+    k = 1 if split == "eval" else rng.choice((1, 2, 3))
+    facts = []
+    for _ in range(k):
+        facts.append(_fact(rng, split, {f[4]["name"] for f in facts}))
+    depths = [d] + [rng.random() for _ in facts[1:]]
+    stream = _prose_stream(tokenizer, root, rng, split)
+    context, meta = _haystack(tokenizer, n_tokens, stream, [_Insert(x, f[1]) for x, f in zip(depths, facts,
+                                                                                               strict=True)])
+    relation, needle, question, answer, fields = facts[0]
+    order = sorted(range(k), key=lambda i: depths[i])  # meta lists the inserts in depth order
+    ends = [meta["char_positions"][j] + len(facts[i][1]) for j, i in enumerate(order)]
+    meta.update(depth=meta["depths"][order.index(0)], needle=needle, relation=relation, fields=fields,
+                requested_depth=d, needle_end=max(ends))  # every asked fact ends before needle_end
+    return Sample(context, question, answer, "fact", [answer], meta, turns=[(f[2], f[3]) for f in facts[1:]])
 
 
 def make_needle_qa(tokenizer: Any, n_tokens: int, rng: random.Random, split: str = "train",
@@ -310,6 +479,7 @@ def make_lm(tokenizer: Any, n_tokens: int, rng: random.Random, split: str = "tra
 
 _MAKERS: dict[str, Callable[..., Sample]] = {
     "passkey": make_passkey,
+    "fact": make_fact,
     "needle_qa": make_needle_qa,
     "multi_needle": make_multi_needle,
     "vartrack": make_vartrack,

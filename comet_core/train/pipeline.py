@@ -1,4 +1,4 @@
-"""Layer-level pipeline parallel training (spec section 5) across processes, composed with data parallelism.
+"""Layer-level pipeline parallel training across processes (as in the CoMeT reference), with data parallelism.
 
 A sample is a row of *units*: its context chunks, then the live chunk (pending text + question + answer)
 that carries the loss. Pipeline rank p owns a contiguous block of units, holds all layers, and passes
@@ -11,7 +11,7 @@ flow back the same way. Ideal utilisation is L / (L + P - 1).
   tag = layer. Every rank plans the whole sample, so a receiver knows G and T from the layout of its
   first unit. Global memory is recomputed from the state, so it never travels.
 * Backward: `_Send` returns a 0-dim token, and a rank runs backward on its loss (the last rank) and
-  on its send tokens. This is the multi-root form of the spec's "grad connector": every send node is
+  on its send tokens. This is the multi-root form of the reference's "grad connector": every send node is
   a root, so its backward (which receives the memory gradient from the next rank) always runs, without
   adding 0 x sum(memory) into the activations. The autograd engine runs ready nodes newest first, so a
   rank receives and sends the layer gradients in the order L-1 .. 0 on both sides of every link.
@@ -330,9 +330,9 @@ def pipeline_step(model: CometModel, enc: Encoded, mesh: Mesh, scale: float = 1.
     loss = exact = None
     if live is not None:
         hid = live[:, units[n_ctx].text_idx.to(dev)]
-        p, n = len(enc.live), enc.n_target
-        logits = model.logits(hid[0, p - n - 1:p - 1])
-        targets = torch.tensor(enc.live[p - n:], device=dev)
+        pos = enc.targets()
+        logits = model.logits(hid[0, [i - 1 for i in pos]])
+        targets = torch.tensor([enc.live[i] for i in pos], device=dev)
         ce = F.cross_entropy(logits, targets, reduction="sum")
         roots.append(ce * scale)
         loss, exact = ce.item(), bool((logits.argmax(-1) == targets).all())

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from ..answer import plan_context
 from ..config import CometConfig
-from ..prompt import end_of_turn_id, question_ids
+from ..prompt import end_of_turn_id, followup_ids, question_ids
 from ..tasks import make_sample
 
 IN_MEMORY_TASKS = ("passkey", "recall")  # tasks whose needle `in_memory` can keep out of the live chunk
@@ -22,12 +22,22 @@ IN_MEMORY_TASKS = ("passkey", "recall")  # tasks whose needle `in_memory` can ke
 @dataclass
 class Encoded:
     chunks: list[list[int]]  # context chunks read into memory
-    live: list[int]  # kept pending tail + question + answer (+ end of turn)
-    n_target: int  # the last n_target tokens of `live` are predicted
+    live: list[int]  # kept pending tail + question + answer (+ end of turn) [+ more questions and answers]
+    n_target: int  # the last n_target tokens of `live` are predicted (the last answer)
+    earlier: tuple[tuple[int, int], ...] = ()  # [start, end) spans of `live` predicted too: earlier answers
 
     @property
     def text_tokens(self) -> int:
         return sum(map(len, self.chunks)) + len(self.live)
+
+    def targets(self) -> list[int]:
+        """Positions of `live` whose token is predicted (each from the position before it)."""
+        return [i for a, b in self.earlier for i in range(a, b)] + list(range(len(self.live) - self.n_target,
+                                                                              len(self.live)))
+
+    @property
+    def n_predicted(self) -> int:
+        return self.n_target + sum(b - a for a, b in self.earlier)
 
 
 @dataclass
@@ -58,8 +68,9 @@ def encode(sample, tok, cfg: CometConfig, rng: random.Random, random_plan: float
     """Token ids of a sample in the answer layout the CLI uses (answer.plan_context): full chunks (or
     `sizes`, or with probability random_plan random sizes) read into memory, the pending tail beyond the
     priming length (default: the config's) read as a final partial chunk, the rest live before the
-    question. n_ctx: keep only the first n_ctx context tokens (so the samples of a batch share a plan);
-    lm samples, whose target continues the context, drop tokens from the start instead."""
+    question. A sample with more `turns` asks them after the first answer, in the same chat, and every
+    answer is a target. n_ctx: keep only the first n_ctx context tokens (so the samples of a batch share a
+    plan); lm samples, whose target continues the context, drop tokens from the start instead."""
     c = cfg.chunk_size
     priming = cfg.priming if priming is None else priming
     ctx = tok.encode(sample.context, add_special_tokens=False)
@@ -73,10 +84,14 @@ def encode(sample, tok, cfg: CometConfig, rng: random.Random, random_plan: float
     for n in sizes:
         chunks.append(ctx[i:i + n])
         i += n
-    target = tok.encode(sample.answer, add_special_tokens=False)
-    if sample.question:
-        target.append(end_of_turn_id(tok))
-    return Encoded(chunks, ctx[i:] + q + target, len(target))
+    live, spans = ctx[i:], []
+    turns = [(sample.question, sample.answer)] + (list(sample.turns) if q else [])
+    for k, (question, answer) in enumerate(turns):
+        live += q if k == 0 else followup_ids(tok, question)
+        target = tok.encode(answer, add_special_tokens=False) + ([end_of_turn_id(tok)] if question else [])
+        spans.append((len(live), len(live) + len(target)))
+        live += target
+    return Encoded(chunks, live, spans[-1][1] - spans[-1][0], tuple(spans[:-1]))
 
 
 def _needle_tokens(sample, tok) -> int:

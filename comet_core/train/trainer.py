@@ -41,84 +41,14 @@ from safetensors.torch import save as st_save
 from ..adapter import save_adapter
 from ..config import CometConfig
 from ..engine import load
-from ..lora import TARGETS as LORA_TARGETS
 from ..memory import MemoryState
 from ..model import CometModel
 from ..state_io import atomic_write
-from ..tasks import TASKS
+from .args import TrainArgs
 from .pipeline import Mesh, all_reduce, init_mesh, pipeline_step, sync_grads
 from .samples import Draw, Encoded, draw_batch, encode  # noqa: F401 (encode: part of this module's API)
 
-GATED = ("passkey", "multi_needle", "vartrack")  # tasks whose exact match decides promotion
-
-
-@dataclass
-class TrainArgs:
-    out: str = "runs/train"
-    model: str | None = None
-    precision: str = "bf16"
-    chunk_size: int = 256
-    stride: int = 8
-    n_global: int = 16
-    budget: int = 64
-    lora_rank: int = 8
-    lora_targets: str = "q_proj,v_proj"  # any of q/k/v/o_proj, gate/up/down_proj
-    priming: int = 0  # text tokens kept live before the question (answer.py); 0: the question alone
-    init_adapter: str | None = None  # continue from an adapter (its settings win; lora_targets may add)
-    steps: int = 300
-    accum: int = 4  # samples per optimizer step, run as one batch (same chunk plan)
-    lr: float = 1e-3  # memory nets and beacon embeddings
-    lora_lr: float = 1e-3  # LoRA on the backbone
-    warmup: int = 10
-    clip: float = 1.0
-    min_chunks: int = 1  # curriculum levels: chunks read into memory (1, 2, 4, ... max_chunks)
-    max_chunks: int = 32
-    promote_at: float = 0.9
-    window: int = 24
-    eval_every: int = 25  # held-out generated accuracy every N steps; it gates the curriculum (0: off, then
-    #                       the teacher-forced exact match over the last `window` samples does)
-    eval_samples: int = 20
-    level_patience: int = 0  # promote after this many steps at a level even below promote_at (0: never)
-    short_share: float = 0.3  # share of steps drawn from shorter levels
-    tasks: str = "passkey:1"
-    random_plan: float = 0.0  # share of steps with random chunk sizes instead of full chunks
-    in_memory: float = 0.8  # share of passkey/recall samples whose needle lies in text read into memory
-    seed: int = 0
-    save_every: int = 10
-    time_limit_min: float | None = None
-    grad_ckpt: bool = True
-    ckpt_above: int = 4  # checkpoint only samples with more context chunks than this
-    resume: bool = False
-
-    def config(self) -> CometConfig:
-        return CometConfig(chunk_size=self.chunk_size, stride=self.stride, n_global=self.n_global,
-                           budget=self.budget, lora_rank=self.lora_rank,
-                           lora_targets=tuple(self.lora_targets.split(",")), priming=self.priming)
-
-    def check(self) -> None:
-        """Raise ValueError on an unknown task or LoRA target (before any model is loaded)."""
-        self.task_weights()
-        if not 0.0 <= self.in_memory <= 1.0:
-            raise ValueError(f"--in-memory is a share in [0, 1], got {self.in_memory}")
-        if self.priming < 0:
-            raise ValueError(f"--priming is a number of tokens >= 0, got {self.priming}")
-        if not 1 <= self.min_chunks <= self.max_chunks:
-            raise ValueError(f"need 1 <= --min-chunks <= --max-chunks, got {self.min_chunks} and {self.max_chunks}")
-        bad = set(self.lora_targets.split(",")) - set(LORA_TARGETS)
-        if bad:
-            raise ValueError(f"unknown LoRA targets {sorted(bad)}; choose from {','.join(LORA_TARGETS)}")
-
-    def task_weights(self) -> dict[str, float]:
-        try:
-            w = {k.strip(): float(v) for k, v in (p.split(":") for p in self.tasks.split(","))}
-        except ValueError:
-            raise ValueError(f"--tasks wants task:weight,... (e.g. passkey:0.5,lm:0.5), got {self.tasks!r}") from None
-        bad = set(w) - set(TASKS)
-        if bad:
-            raise ValueError(f"unknown tasks {sorted(bad)}; choose from {','.join(TASKS)}")
-        if any(v < 0 for v in w.values()) or sum(w.values()) <= 0:
-            raise ValueError(f"task weights must be >= 0 with a positive sum, got {self.tasks!r}")
-        return w
+GATED = ("passkey", "fact", "multi_needle", "vartrack")  # short exact answers: they decide promotion
 
 
 def batch_loss(model: CometModel, encs: list[Encoded], grad_ckpt: bool = True
@@ -137,14 +67,15 @@ def batch_loss(model: CometModel, encs: list[Encoded], grad_ckpt: bool = True
     p_max = max(len(e.live) for e in encs)
     live = torch.tensor([e.live + e.live[-1:] * (p_max - len(e.live)) for e in encs], device=dev)
     hid = model.live(st, live, grad_ckpt=grad_ckpt)  # [B, p_max, d]
-    rows = torch.cat([torch.arange(len(e.live) - e.n_target - 1, len(e.live) - 1) for e in encs]).to(dev)
-    owner = torch.cat([torch.full((e.n_target,), b) for b, e in enumerate(encs)]).to(dev)
-    logits = model.logits(hid[owner, rows])  # [sum of n_target, V]
-    targets = torch.tensor([t for e in encs for t in e.live[len(e.live) - e.n_target:]], device=dev)
+    pos = [e.targets() for e in encs]
+    rows = torch.tensor([i - 1 for p in pos for i in p], device=dev)
+    owner = torch.tensor([b for b, p in enumerate(pos) for _ in p], device=dev)
+    logits = model.logits(hid[owner, rows])  # [targets of all samples, V]
+    targets = torch.tensor([e.live[i] for e, p in zip(encs, pos, strict=True) for i in p], device=dev)
     ce = F.cross_entropy(logits, targets, reduction="none")
     loss = torch.zeros(len(encs), device=dev, dtype=ce.dtype).index_add(0, owner, ce)
     hits = torch.zeros(len(encs), device=dev).index_add(0, owner, (logits.argmax(-1) == targets).float())
-    return loss, [int(h) == e.n_target for h, e in zip(hits.tolist(), encs, strict=True)]
+    return loss, [int(h) == len(p) for h, p in zip(hits.tolist(), pos, strict=True)]
 
 
 def sample_loss(model: CometModel, enc: Encoded, grad_ckpt: bool = True) -> tuple[torch.Tensor, bool]:
@@ -308,14 +239,14 @@ def build_model(args: TrainArgs, device: torch.device | None = None):
     return engine, engine.base_fingerprint
 
 
-def heldout(model: CometModel, tok, args: TrainArgs, weights: dict[str, float], level: int) -> dict:
+def heldout(engine, args: TrainArgs, weights: dict[str, float], level: int) -> dict:
     """Generated answers on eval-split samples of `level` chunks, for each gated task in the mix (the same
     samples every time: a seeded rng per task and length). Returns {task: accuracy, "acc": their mean}."""
     from ..evaluate import heldout_accuracy
 
     tasks = [t for t in GATED if weights.get(t)] or [t for t in weights if weights[t]]
-    n_tokens = level * model.cfg.chunk_size
-    res = {t: heldout_accuracy(model, tok, t, n_tokens, args.eval_samples)[0] for t in tasks}
+    n_tokens = level * engine.model.cfg.chunk_size
+    res = {t: heldout_accuracy(engine, t, n_tokens, args.eval_samples)[0] for t in tasks}
     return dict(res, acc=sum(res.values()) / len(res), level=level, tokens=n_tokens)
 
 
@@ -357,7 +288,7 @@ def train(args: TrainArgs, on_step: Callable[[dict], None] | None = None, pp: in
         ev = None
         if mesh.rank == 0:
             te = time.time()
-            ev = heldout(model, tok, args, weights, cur.level)
+            ev = heldout(engine, args, weights, cur.level)
             acc[0] = ev["acc"]
         if mesh.world > 1:
             all_reduce(acc, "held-out accuracy")
@@ -397,21 +328,21 @@ def train(args: TrainArgs, on_step: Callable[[dict], None] | None = None, pp: in
                 encs = [batch[k].enc for k in mine]
                 loss, exact = batch_loss(model, encs, ckpt)
                 values = loss.detach().tolist()
-                scale = torch.tensor([1.0 / (e.n_target * args.accum) for e in encs], device=loss.device)
+                scale = torch.tensor([1.0 / (e.n_predicted * args.accum) for e in encs], device=loss.device)
                 (loss * scale).sum().backward()
                 for j, k in enumerate(mine):
                     stats[3 + 2 * k], stats[4 + 2 * k] = values[j], float(exact[j])
             else:
                 for k in mine:
                     enc = batch[k].enc
-                    r = pipeline_step(model, enc, mesh, 1.0 / (enc.n_target * args.accum), ckpt)
+                    r = pipeline_step(model, enc, mesh, 1.0 / (enc.n_predicted * args.accum), ckpt)
                     busy, wall = busy + r.wall - r.waited, wall + r.wall
                     if r.loss is not None:
                         stats[3 + 2 * k], stats[4 + 2 * k] = r.loss, float(r.exact)
             for k in mine:
                 if mesh.pp == 1 or stats[3 + 2 * k]:
                     stats[0] += stats[3 + 2 * k]
-                    stats[1] += batch[k].enc.n_target
+                    stats[1] += batch[k].enc.n_predicted
                     stats[2] += batch[k].text_tokens
             if mesh.world > 1:
                 all_reduce(stats, "step statistics")
@@ -419,7 +350,7 @@ def train(args: TrainArgs, on_step: Callable[[dict], None] | None = None, pp: in
             per_task: dict[str, list] = {}  # task -> [answer loss per token, exact] of each sample
             for k, d in enumerate(batch):
                 value, ok = float(stats[3 + 2 * k]), bool(stats[4 + 2 * k] > 0)
-                per_task.setdefault(d.task, []).append([round(value / d.enc.n_target, 4), int(ok)])
+                per_task.setdefault(d.task, []).append([round(value / d.enc.n_predicted, 4), int(ok)])
                 cur.record(d.level, ok, d.task)
             gnorm = float(torch.nn.utils.clip_grad_norm_(params, args.clip))
             stepping = True

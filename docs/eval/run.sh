@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The evaluation quoted in the README (2-core CPU, ~20 min idle). Rerun: bash docs/eval/run.sh [ADAPTER]
+# The evaluation in docs/evaluation.md (2-core CPU, ~20 min idle). Rerun: bash docs/eval/run.sh [ADAPTER]
 # ADAPTER defaults to the shipped comet_core/adapters/smollm2.safetensors.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
