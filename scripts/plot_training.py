@@ -27,6 +27,8 @@ def load(runs: list[str]) -> list[dict]:
         for line in p.read_text().splitlines():
             if line.strip():
                 r = json.loads(line)
+                while rows and rows[-1]["run"] == i and rows[-1]["step"] >= r["step"]:
+                    rows.pop()  # a run killed after its last checkpoint and resumed from it: keep the redone steps
                 rows.append({**r, "seen_tokens": r["seen_tokens"] + offset, "run": i})
     return rows
 
@@ -44,6 +46,8 @@ def load_evals(runs: list[str], rows: list[dict]) -> list[dict]:
             for line in p.read_text().splitlines():
                 if line.strip():
                     e = json.loads(line)
+                    while evals and evals[-1]["run"] == i and evals[-1]["step"] >= e["step"]:
+                        evals.pop()
                     evals.append({**e, "seen_tokens": e["seen_tokens"] + tok0, "elapsed": e["elapsed"] + sec0,
                                   "run": i})
     return evals

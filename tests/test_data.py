@@ -333,11 +333,19 @@ def test_fact_sample_hides_one_sentence_and_eval_uses_held_out_names_and_phrasin
 
 
 def test_passkey_eval_split_is_phrased_differently(tok):
+    import itertools
+
     from comet_core.tasks import generators as gen
 
-    assert not set(gen._PASSKEY_QUESTIONS["train"]) & set(gen._PASSKEY_QUESTIONS["eval"])
-    assert not set(gen._PASSKEY_NEEDLES["train"]) & set(gen._PASSKEY_NEEDLES["eval"])
+    p, q = gen._PASSKEY_PARTS, gen._PASSKEY_QUESTION_PARTS
+    train_needles = {gen._capital(a + b) + c for a, b, c in itertools.product(p["opener"], p["statement"], p["repeat"])}
+    train_questions = {gen._capital(a + b) + c for a, b, c in itertools.product(q["lead"], q["ask"], q["format"])}
+    assert len(train_needles) > 500 and len(train_questions) > 100
+    assert not train_needles & set(gen._PASSKEY_EVAL_NEEDLES)
+    assert not train_questions & set(gen._PASSKEY_EVAL_QUESTIONS)
     for seed in range(10):
         s = data.make_sample("passkey", tok, 600, random.Random(seed), "eval")
-        assert s.question in gen._PASSKEY_QUESTIONS["eval"]
-        assert s.meta["needle"] in [t.format(k=s.answer) for t in gen._PASSKEY_NEEDLES["eval"]]
+        assert s.question in gen._PASSKEY_EVAL_QUESTIONS
+        assert s.meta["needle"] in [t.format(k=s.answer) for t in gen._PASSKEY_EVAL_NEEDLES]
+        t = data.make_sample("passkey", tok, 600, random.Random(seed), "train")
+        assert t.question in train_questions and t.meta["needle"] in {n.format(k=t.answer) for n in train_needles}

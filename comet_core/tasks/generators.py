@@ -7,8 +7,10 @@ from __future__ import annotations
 import random
 import re
 import string
+import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from .corpus import SPLITS, _docs_cached, _hash01, _root, _split_items, _squad
@@ -33,57 +35,42 @@ class Sample:
 # Tasks
 # ----------------------------------------------------------------------------------------------
 
-# Phrasings: the train split's templates, and held-out ones that only the eval split uses, so an
-# evaluation also asks in words the training never showed.
-_PASSKEY_NEEDLES = {
-    "train": (
-        "The pass key is {k}. Remember it. {k} is the pass key.",
-        "The passkey is {k}. Remember it. {k} is the passkey.",
-        "The pass key is {k}. Remember it: {k} is the pass key.",
-        "Remember this pass key: {k}. The pass key is {k}.",
-        "Important: the secret pass key is {k}. Keep it in mind, because {k} is the pass key.",
-        "Note that the pass key is {k}. I repeat, the pass key is {k}.",
-        "Here is the pass key you will need later: {k}. Once more, the pass key is {k}.",
-    ),
-    "eval": (
-        "Write this down somewhere safe: the pass key is {k}. That is {k}.",
-        "By the way, the passkey you will be asked for later is {k} ({k}).",
-        "Do not forget it: pass key = {k}. Again, {k}.",
-        "A short reminder before we go on. Your pass key: {k}. Pass key: {k}.",
-        "(The pass key, should anyone ask, is {k}; yes, {k}.)",
-    ),
-}
-_PASSKEY_QUESTIONS = {
-    "train": (
-        "What is the pass key?",
-        "What is the passkey?",
-        "What is the pass key mentioned in the text?",
-        "Which number is the pass key?",
-        "Tell me the pass key.",
-        "What was the pass key I asked you to remember?",
-        "What is the pass key? Answer with the number only.",
-        "The text contains a pass key. What is it?",
-    ),
-    "eval": (
-        "Which pass key appeared in the document?",
-        "Please give me the passkey from the text.",
-        "I hid a pass key in that text. What was it?",
-        "Recall the pass key and reply with its digits.",
-        "Do you remember the pass key? What is it?",
-    ),
-}
-_PASSKEY_INTROS = {
-    "train": (
-        "There is an important info hidden inside a lot of irrelevant text. Find it and memorize it. "
-        "I will quiz you about the important information there.",
-        "Somewhere in the following text there is a pass key. Find it and remember it.",
-        "Read the following text carefully. It hides a pass key that you must remember.",
-    ),
-    "eval": (
-        "A pass key is buried somewhere in the long text below; keep it in mind.",
-        "Below is a long document. One line of it gives a pass key: you will need it at the end.",
-    ),
-}
+# Phrasings, names and values are data: phrasing.toml. Training composes its passkey needles and
+# questions from parts (an opener, the statement, a repeat of the key: every needle states it twice, as
+# in Landmark Attention's; a lead, the question, a format), so the model meets many wordings and learns
+# the key, not a template; the eval split uses whole sentences that no composition of the training parts
+# produces (a test checks), so an evaluation also asks in words the training never showed.
+_PHRASING = tomllib.loads((Path(__file__).parent / "phrasing.toml").read_text(encoding="utf-8"))
+_PK = _PHRASING["passkey"]
+_PASSKEY_PARTS = {k: tuple(_PK["train"][k]) for k in ("opener", "statement", "repeat")}
+_PASSKEY_QUESTION_PARTS = {k: tuple(_PK["train"][k]) for k in ("lead", "ask", "format")}
+_PASSKEY_EVAL_NEEDLES, _PASSKEY_EVAL_QUESTIONS = tuple(_PK["eval"]["needles"]), tuple(_PK["eval"]["questions"])
+_PASSKEY_INTROS = {split: tuple(_PK[split]["intros"]) for split in ("train", "eval")}
+_POOLS = {k: tuple(v) for k, v in _PHRASING["fact"]["pools"].items()}
+_FIRST, _LAST, _CITIES, _JOBS, _PET_NAMES = (_POOLS[k] for k in ("first", "last", "cities", "jobs", "pet_names"))
+_PETS, _COLORS, _OBJECTS, _ITEMS, _DAYS = (_POOLS[k] for k in ("pets", "colors", "objects", "items", "days"))
+# relation -> (answer field, {split: (statements, questions)})
+_FACTS = {name: (r["answer"], {split: (tuple(r[f"{split}_statements"]), tuple(r[f"{split}_questions"]))
+                               for split in ("train", "eval")})
+          for name, r in _PHRASING["fact"]["relations"].items()}
+_MN = _PHRASING["multi_needle"]
+_WORDS, _CODE_NEEDLES, _CODE_QUESTIONS = tuple(_MN["words"]), tuple(_MN["needles"]), tuple(_MN["questions"])
+_VT_INTROS, _VT_QUESTIONS = tuple(_PHRASING["vartrack"]["intros"]), tuple(_PHRASING["vartrack"]["questions"])
+_RECALL_QUESTIONS = tuple(_PHRASING["recall"]["questions"])
+
+
+def _capital(s: str) -> str:
+    return s[:1].upper() + s[1:]
+
+
+def _compose_needle(rng: random.Random) -> str:
+    p = _PASSKEY_PARTS
+    return _capital(rng.choice(p["opener"]) + rng.choice(p["statement"])) + rng.choice(p["repeat"])
+
+
+def _compose_question(rng: random.Random) -> str:
+    p = _PASSKEY_QUESTION_PARTS
+    return _capital(rng.choice(p["lead"]) + rng.choice(p["ask"])) + rng.choice(p["format"])
 
 
 def _number(rng: random.Random, digits: int) -> str:
@@ -92,15 +79,18 @@ def _number(rng: random.Random, digits: int) -> str:
 
 def make_passkey(tokenizer: Any, n_tokens: int, rng: random.Random, split: str = "train",
                  depth: float | None = None) -> Sample:
-    """Landmark-Attention passkey retrieval over real essay/play text, with varied phrasing (the eval
-    split's needles, questions and intros are worded differently from the train split's)."""
+    """Landmark-Attention passkey retrieval over real essay/play text, with varied phrasing (training
+    composes its wordings from parts; the eval split's needles, questions and intros are worded in ways no
+    training composition produces)."""
     root = _root()
     d = _depth(rng, depth)
     digits = 5 if rng.random() < 0.6 else rng.choice((4, 6, 7))
     key = _number(rng, digits)
-    needle = rng.choice(_PASSKEY_NEEDLES[split]).format(k=key)
+    if split == "train":
+        needle, question = _compose_needle(rng).format(k=key), _compose_question(rng)
+    else:
+        needle, question = rng.choice(_PASSKEY_EVAL_NEEDLES).format(k=key), rng.choice(_PASSKEY_EVAL_QUESTIONS)
     intro = rng.choice(_PASSKEY_INTROS[split]) if rng.random() < 0.5 else None
-    question = rng.choice(_PASSKEY_QUESTIONS[split])
     stream = _prose_stream(tokenizer, root, rng, split)
     context, meta = _haystack(tokenizer, n_tokens, stream, [_Insert(d, needle)], intro)
     meta.update(depth=meta["depths"][0], needle=needle, requested_depth=d,
@@ -111,94 +101,6 @@ def make_passkey(tokenizer: Any, n_tokens: int, rng: random.Random, split: str =
 # Facts: one plain sentence about a named person or thing, hidden in unrelated prose, asked in plain
 # words. Names and values are split by hash (an eval sample's people, cities and pets never appear in
 # training), and so are the phrasings: each relation has train and eval statements and questions.
-_FIRST = (
-    "Alice", "Bruno", "Carmen", "Dmitri", "Elena", "Farid", "Greta", "Hiro", "Ines", "Jonas", "Keiko", "Luca",
-    "Maya", "Nikolai", "Olga", "Pedro", "Quinn", "Rosa", "Samir", "Tara", "Umar", "Vera", "Walter", "Ximena",
-    "Yusuf", "Zoe", "Amara", "Bjorn", "Chloe", "Diego", "Esther", "Felix", "Gloria", "Hector", "Ingrid",
-    "Jamal", "Kira", "Liam", "Marta", "Noah", "Oscar", "Priya", "Rafael", "Sofia", "Tomas", "Ursula",
-    "Victor", "Wanda", "Yara", "Zane", "Anton", "Beatriz", "Cyrus", "Daria", "Emil", "Fatima", "Gustav",
-    "Hanna", "Ivan", "Julia",
-)
-_LAST = (
-    "Abbott", "Berger", "Castillo", "Dubois", "Eriksen", "Fischer", "Garcia", "Hartmann", "Ivanova",
-    "Jensen", "Kowalski", "Lindqvist", "Moreau", "Nakamura", "Okafor", "Petrov", "Quintero", "Rossi",
-    "Schneider", "Tanaka", "Urquhart", "Vargas", "Weber", "Xu", "Yilmaz", "Zimmer", "Alvarez", "Becker",
-    "Costa", "Dalton", "Engel", "Ferrari", "Gomez", "Haas", "Ibsen", "Jovanovic", "Keller", "Larsen",
-    "Mendes", "Novak", "Ortega", "Pereira", "Ramos", "Santos", "Torres", "Ueda", "Vogel", "Wagner", "Young",
-    "Ziegler",
-)
-_CITIES = (
-    "Lisbon", "Oslo", "Krakow", "Valencia", "Montreal", "Nairobi", "Osaka", "Porto", "Seville", "Tallinn",
-    "Dublin", "Edinburgh", "Geneva", "Hamburg", "Istanbul", "Jakarta", "Kyoto", "Lima", "Marseille", "Naples",
-    "Perth", "Quito", "Riga", "Santiago", "Toronto", "Utrecht", "Vienna", "Warsaw", "Zagreb", "Bergen",
-    "Cairo", "Denver", "Florence", "Glasgow", "Helsinki", "Lyon", "Munich", "Prague", "Reykjavik", "Sydney",
-)
-_JOBS = (
-    "carpenter", "pharmacist", "pilot", "baker", "librarian", "veterinarian", "architect", "electrician",
-    "nurse", "translator", "plumber", "geologist", "photographer", "chef", "dentist", "journalist", "tailor",
-    "firefighter", "astronomer", "locksmith", "gardener", "surgeon", "accountant", "beekeeper", "jeweler",
-    "mechanic", "potter", "sculptor", "violinist", "zookeeper",
-)
-_PETS = ("dog", "cat", "parrot", "horse", "rabbit", "tortoise", "goat", "hamster")
-_PET_NAMES = (
-    "Biscuit", "Pepper", "Mango", "Shadow", "Noodle", "Pickles", "Waffles", "Ziggy", "Clementine", "Bramble",
-    "Juniper", "Marble", "Nugget", "Pumpkin", "Rascal", "Sprocket", "Truffle", "Domino", "Figaro", "Hazel",
-    "Oreo", "Pixel", "Tofu", "Whisky", "Cinder", "Dumpling", "Gizmo", "Kiwi", "Muffin", "Pistachio",
-)
-_COLORS = ("red", "blue", "green", "yellow", "purple", "orange", "white", "black", "pink", "gray", "teal",
-           "brown")
-_OBJECTS = ("front door", "bicycle", "fence", "boat", "kitchen table", "mailbox", "garage", "car", "bookshelf",
-            "garden shed")
-_ITEMS = ("apples", "bricks", "candles", "lemons", "nails", "potatoes", "tiles", "wine", "oranges", "soap")
-_DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
-
-# relation -> (answer field, {split: (statements, questions)})
-_FACTS: dict[str, tuple[str, dict[str, tuple[tuple[str, ...], tuple[str, ...]]]]] = {
-    "city": ("city", {
-        "train": (("{name} moved to {city} in {year}.", "In {year}, {name} moved to {city}.",
-                   "{name} has lived in {city} since {year}."),
-                  ("Where did {name} move to?", "Which city does {name} live in?", "Where does {name} live?")),
-        "eval": (("{name} packed up everything and relocated to {city} back in {year}.",
-                  "It was {year} when {name} finally settled in {city}."),
-                 ("What city did {name} relocate to?", "Name the city that {name} settled in.")),
-    }),
-    "job": ("job", {
-        "train": (("{name} works as a {job}.", "{name} is a {job} by trade.", "By profession, {name} is a {job}."),
-                  ("What is {name}'s job?", "What does {name} do for a living?", "What is {name}'s occupation?")),
-        "eval": (("For many years now {name} has earned a living as a {job}.",
-                  "Ask anyone in town and they will tell you that {name} is the local {job}."),
-                 ("What is {name}'s profession?", "What kind of work does {name} do?")),
-    }),
-    "pet": ("pet_name", {
-        "train": (("{name} has a {pet} called {pet_name}.", "{name}'s {pet} is named {pet_name}."),
-                  ("What is the name of {name}'s {pet}?", "What is {name}'s {pet} called?")),
-        "eval": (("{pet_name} is the name of the {pet} that {name} adopted last spring.",),
-                 ("What did {name} name the {pet}?", "How is the {pet} of {name} named?")),
-    }),
-    "color": ("color", {
-        "train": (("{name}'s {obj} is painted {color}.", "The {obj} that belongs to {name} is {color}."),
-                  ("What color is {name}'s {obj}?", "Which color is the {obj} of {name}?")),
-        "eval": (("Last summer {name} repainted the {obj} a bright shade of {color}.",),
-                 ("Which color did {name} paint the {obj}?", "What is the color of {name}'s {obj} now?")),
-    }),
-    "count": ("n", {
-        "train": (("The warehouse in {city} holds {n} crates of {item}.",
-                   "There are {n} crates of {item} in the {city} warehouse."),
-                  ("How many crates of {item} are in the warehouse in {city}?",
-                   "How many crates of {item} does the {city} warehouse hold?")),
-        "eval": (("According to the inventory, exactly {n} crates of {item} are stored in {city}.",),
-                 ("What number of crates of {item} are stored in {city}?",
-                  "How many {item} crates does the inventory list for {city}?")),
-    }),
-    "day": ("day", {
-        "train": (("The meeting with {name} is on {day}.", "{name} will visit the office on {day}."),
-                  ("On which day is the meeting with {name}?", "When will {name} visit the office?")),
-        "eval": (("{name} called to move the appointment to {day} instead.",),
-                 ("What day was the appointment with {name} moved to?", "On what day is {name} now expected?")),
-    }),
-}
-
-
 _FACT_EVAL_FRACTION = 0.25  # of each pool of names and values (small pools: a quarter keeps eval varied)
 
 
@@ -279,36 +181,6 @@ def make_needle_qa(tokenizer: Any, n_tokens: int, rng: random.Random, split: str
     return Sample(context, qa.question, qa.answers[0], "needle_qa", list(qa.answers), meta)
 
 
-_WORDS = (
-    "apple", "anchor", "badger", "balloon", "banjo", "barrel", "beacon", "bicycle", "blossom", "bottle",
-    "bridge", "bucket", "butterfly", "cabin", "cactus", "camera", "candle", "canyon", "carpet", "castle",
-    "cedar", "chimney", "cinnamon", "clover", "comet", "compass", "copper", "cottage", "crystal", "dolphin",
-    "dragon", "drum", "eagle", "ember", "falcon", "feather", "fiddle", "forest", "fountain", "galaxy",
-    "garden", "glacier", "goblet", "granite", "harbor", "hammer", "hazel", "helmet", "island", "ivory",
-    "jasmine", "jigsaw", "kettle", "kitten", "ladder", "lantern", "lemon", "lighthouse", "lizard", "magnet",
-    "maple", "marble", "meadow", "mirror", "monkey", "mountain", "needle", "nutmeg", "oasis", "octopus",
-    "orchard", "otter", "paddle", "panther", "parrot", "pebble", "pepper", "piano", "pillow", "planet",
-    "pocket", "pumpkin", "quartz", "quill", "rabbit", "raven", "ribbon", "river", "rocket", "saddle",
-    "sapphire", "scarf", "shovel", "silver", "spider", "spruce", "squirrel", "stamp", "statue", "sunflower",
-    "teapot", "thimble", "thunder", "tiger", "tulip", "turtle", "umbrella", "valley", "velvet", "violin",
-    "volcano", "wagon", "walnut", "whistle", "willow", "window", "wizard", "yacht", "zebra", "zeppelin",
-)
-_CODE_NEEDLES = (
-    "The code for {w} is {n}.",
-    "The secret code for {w} is {n}.",
-    "Remember: the code for {w} is {n}.",
-    "Note that the code for {w} is {n}.",
-    "For {w}, the code is {n}.",
-)
-_CODE_QUESTIONS = (
-    "What is the code for {w}?",
-    "What is the secret code for {w}?",
-    "Which number is the code for {w}?",
-    "The text gives a code for {w}. What is it?",
-    "Tell me the code for {w}.",
-)
-
-
 def make_multi_needle(tokenizer: Any, n_tokens: int, rng: random.Random, split: str = "train",
                       depth: float | None = None) -> Sample:
     """2-4 "The code for <word> is <number>." facts at random depths; the question asks for one.
@@ -334,18 +206,6 @@ def make_multi_needle(tokenizer: Any, n_tokens: int, rng: random.Random, split: 
     meta.update(facts=dict(zip(words, numbers, strict=True)), key=words[target],
                 depth=meta["depths"][order.index(target)])
     return Sample(context, question, numbers[target], "multi_needle", [numbers[target]], meta)
-
-
-_VT_INTROS = (
-    "Memorize and track the chain(s) of variable assignment hidden in the following text.",
-    "The following text hides some variable assignments. Keep track of them.",
-)
-_VT_QUESTIONS = (
-    "Find all variables that are assigned the value {v} in the text above.",
-    "Which variables hold the value {v}?",
-    "List every variable whose value is {v}.",
-    "Following the chain of assignments, which variables end up equal to {v}?",
-)
 
 
 def make_vartrack(tokenizer: Any, n_tokens: int, rng: random.Random, split: str = "train",
@@ -388,14 +248,6 @@ def make_vartrack(tokenizer: Any, n_tokens: int, rng: random.Random, split: str 
     answer = ", ".join(chains[0])
     meta.update(chains=[list(c) for c in chains], values=values)
     return Sample(context, question, answer, "vartrack", [answer], meta)
-
-
-_RECALL_QUESTIONS = (
-    'Quote the text above from "{cue}" on: what comes next?',
-    'Continue the quotation from the text: "{cue}"',
-    'In the text, what words follow "{cue}"?',
-    'Repeat the passage that starts with "{cue}", word for word.',
-)
 
 
 def make_recall(tokenizer: Any, n_tokens: int, rng: random.Random, split: str = "train",
