@@ -1,4 +1,4 @@
-"""`comet eval passkey | needle-qa | lm`: CoMeT against its two baselines, on text the training never saw.
+"""`comet eval passkey | fact | needle-qa | lm`: CoMeT against its two baselines, on text the training never saw.
 
 Each command runs the systems one after another (a fresh model load each) on the same samples:
 comet (the trained adapter), untrained (a fresh adapter with the same settings) and full (the base model
@@ -37,6 +37,7 @@ def eval_group() -> None:
     \b
       python scripts/fetch_data.py        # once: the held-out text the samples come from
       comet eval passkey --lengths 4k,16k,64k --out passkey.png
+      comet eval fact --lengths 4k,16k --samples 4
       comet eval needle-qa --lengths 4k,32k --samples 4
       comet eval lm --lengths 4k,16k --json > lm.json
 
@@ -75,6 +76,17 @@ def common_options(samples: int, answers: bool = True):
 def passkey(lengths: str, depths: str, out: str | None, **o) -> None:
     """Passkey retrieval: accuracy per (length, depth) cell (the key appears in the answer)."""
     run_eval("passkey", lengths, depths, out, o)
+
+
+@eval_group.command()
+@click.option("--lengths", default="4k,16k", show_default=True, help="Context lengths in tokens.")
+@click.option("--depths", default="0,0.25,0.5,0.75,1", show_default=True, help="Depths of the fact (0 = start).")
+@click.option("--out", type=click.Path(dir_okay=False), help="Write a heat map of accuracy (PNG).")
+@common_options(samples=4)
+def fact(lengths: str, depths: str, out: str | None, **o) -> None:
+    """One sentence of fact (a person's city, job, pet, ...) hidden in unrelated prose and asked in plain
+    words, with names and phrasings the training never saw: accuracy (the answer appears in the reply)."""
+    run_eval("fact", lengths, depths, out, o)
 
 
 @eval_group.command("needle-qa")
@@ -160,7 +172,7 @@ def run_eval(task: str, lengths_text: str, depths_text: str | None, out: str | N
         from .plot import heatmap
 
         heatmap(summary, out, "f1" if task == "needle_qa" else "acc",
-                "needle-QA F1" if task == "needle_qa" else "passkey accuracy")
+                {"needle_qa": "needle-QA F1", "fact": "fact accuracy"}.get(task, "passkey accuracy"))
         progress.note(f"wrote {out}")
     if o["as_json"]:
         result = {"task": task, "model": o["model"] or "smollm2", "adapter": str(adapter),
@@ -283,9 +295,10 @@ def print_tables(task: str, summary: list[dict], targets: list[dict]) -> None:
                           *("-" if c is None else f"{c['ppl']:.2f}" + ("*" if c.get("truncated") else "")
                             for c in cells), str(first["n"]))
         else:
-            metric = "acc" if task == "passkey" else "f1"
+            metric = "f1" if task == "needle_qa" else "acc"
             depths = sorted({r["depth"] for r in summary if r["depth"] not in (None, "all")})
-            name = "passkey accuracy %" if task == "passkey" else "needle-QA F1 % by depth"
+            name = {"passkey": "passkey accuracy %", "fact": "fact accuracy % by depth"}.get(
+                task, "needle-QA F1 % by depth")
             t = Table(title=f"{name} ({p})")
             t.add_column("system")
             t.add_column("length", justify="right")

@@ -187,6 +187,16 @@ def test_summary_targets_and_heatmap(tmp_path):
     (t,) = ev.check_targets(summary)
     assert t["gap"] == pytest.approx(-0.25) and not t["pass"]
 
+    # facts: at least full attention's accuracy inside its window, 20 points above it beyond
+    facts = [{"task": "fact", "precision": "bf16", "system": s, "length": n, "depth": 0.5, "sample": i, "acc": a,
+              **({"truncated": n > 8192} if s == "full" else {})}
+             for n, accs in ((4096, {"comet": [1.0, 0.0], "full": [1.0, 0.0]}),
+                             (16384, {"comet": [1.0, 0.0], "full": [0.0, 0.0]}))
+             for s, scores in accs.items() for i, a in enumerate(scores)]
+    targets = {t["length"]: t for t in ev.check_targets(ev.summarize(facts))}
+    assert targets[4096]["rule"] == "acc >= full" and targets[4096]["pass"]
+    assert targets[16384]["rule"] == "acc >= full + 20" and targets[16384]["gap"] == 0.5 and targets[16384]["pass"]
+
 
 def run_cli(args: list[str]):
     result = CliRunner().invoke(eval_group, args, catch_exceptions=False)
