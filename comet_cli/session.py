@@ -269,6 +269,10 @@ class ReadJob:
         entry, self.resume_entry = self.resume_entry, None  # only the first input of a resumed job
         if entry is not None:
             src, start, entry = self._reopen(inp, entry)
+        elif (prev := self._read_before(inp)) is not None:  # following on from a state that read this file
+            entry, start = prev, prev["offset"]
+            entry["done"] = False
+            self.display.note(f"{inp.arg}: this memory read it up to byte {start:,}; following on from there")
         else:
             entry = new_entry(inp)
             self.sources.append(entry)
@@ -297,6 +301,20 @@ class ReadJob:
         if isinstance(src, PdfSource) and src.errors:
             more = f" (and {len(src.errors) - 1} more)" if len(src.errors) > 1 else ""
             self.display.warn(f"{inp.arg}: {len(src.errors)} page(s) could not be read: {src.errors[0]}{more}")
+
+    def _read_before(self, inp: Input) -> SourceRecord | None:
+        """With --follow: the record of this same file, if it is the last thing this memory read and the file
+        still starts with exactly what was read (then following continues after it, reading nothing twice;
+        one follow stopped and started again gives the memory of one uninterrupted follow)."""
+        last = self.sources[-1] if self.sources else None
+        if not (self.follow and last and last.get("path") == inp.key and last.get("kind") == "text"
+                and last.get("done") and last.get("sha256") and last.get("offset")):
+            return None
+        src = inp.source
+        size = os.stat(inp.key).st_size if os.path.exists(inp.key) else 0
+        if size < last["offset"] or src.sha256_prefix(last["offset"]) != last["sha256"]:
+            return None  # rotated or rewritten since: the new content is read from its start (appended)
+        return last
 
     def _items(self, src: Source, start: int):
         """The source's pieces; followed, or with the idle hook for a stream (Ctrl-C and checkpoints while

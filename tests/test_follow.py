@@ -297,6 +297,20 @@ def test_growing_file_ends_as_one_read_of_the_whole_file(tmp_path, env, tiny):
     assert_same_memory(state, ref)  # sources included: same offsets, size, sha256
 
 
+def test_a_follow_started_again_from_its_state_goes_on_where_it_stopped(tmp_path, env, tiny):
+    log, state, ref = tmp_path / "app.log", tmp_path / "app.comet", tmp_path / "ref.comet"
+    log.write_bytes(log_lines(70, 7))
+    p = run(follow_args(log, state, tiny, 0.3, "--idle-exit", 1), env)
+    assert p.returncode == OK, p.stderr.decode()
+    log.write_bytes(log.read_bytes() + log_lines(90, 8, 70))  # the log grew while nobody followed it
+    p = run(follow_args(log, state, tiny, 0.3, "--idle-exit", 1, "--state", state), env)
+    assert p.returncode == OK, p.stderr.decode()
+    assert "following on from there" in p.stderr.decode() and "reading it again" not in p.stderr.decode()
+    p = run(["read", log, "--save", ref, "-q", *tiny_args(tiny)], env)
+    assert p.returncode == OK, p.stderr.decode()
+    assert_same_memory(state, ref)  # one source record, nothing read twice: as one read of the whole file
+
+
 def test_rotation_and_truncation_are_followed(tmp_path, env, tiny):
     log, state = tmp_path / "app.log", tmp_path / "app.comet"
     a, late, b, c = log_lines(80, 4), b"a late line in the old file\n", log_lines(90, 5, 80), log_lines(20, 6, 170)
