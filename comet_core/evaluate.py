@@ -102,13 +102,14 @@ def answer_with_memory(engine: Engine, context: str, question: str, max_new_toke
 
 
 def heldout_accuracy(engine: Engine, task: str, n_tokens: int, samples: int, seed: int = 0,
-                     max_new_tokens: int = 16) -> tuple[float, list[dict]]:
-    """Generated answers to `samples` eval-split samples of `task` with n_tokens of context, in the answer
-    layout the CLI uses; the same samples for the same (task, n_tokens, seed). Returns (accuracy, rows)."""
-    rng = random.Random(f"heldout:{task}:{seed}:{n_tokens}")
+                     max_new_tokens: int = 16, depth: float | None = None) -> tuple[float, list[dict]]:
+    """Generated answers to `samples` eval-split samples of `task` with n_tokens of context (the needle at
+    `depth`, default anywhere), in the answer layout the CLI uses; the same samples for the same (task,
+    n_tokens, seed, depth). Returns (accuracy, rows)."""
+    rng = random.Random(f"heldout:{task}:{seed}:{n_tokens}" + ("" if depth is None else f":{depth}"))
     rows = []
     for _ in range(samples):
-        s = make_sample(task, engine.tok, n_tokens, rng, "eval")
+        s = make_sample(task, engine.tok, n_tokens, rng, "eval", depth)
         pred = answer_with_memory(engine, s.context, s.question, max_new_tokens)
         sc = score(s, pred)
         rows.append({"answer": s.answer, "prediction": pred, "depth": s.meta.get("depth"),
