@@ -1,0 +1,129 @@
+"""Training throughput: text tokens per second of a training step (forward + backward), three ways.
+
+- `sequential`: the step's samples one after another, each its own forward and backward (the loop before
+  steps were batched), all threads;
+- `batched`: the step's samples as one batch (what `comet train` does), all threads;
+- `data-parallel`: two processes of one thread each (the torchrun path of `comet train`), each running
+  half the samples as one batch, gradients all-reduced every step.
+Same samples (passkey, drawn as training draws them), fresh adapter, bf16 backbone; warm-up steps first.
+
+    python -m bench.train_speed --levels 1,2 --steps 4       # ~6 min on 2 cores, nothing else running
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+from pathlib import Path
+
+import torch
+
+
+def _setup(model_name: str | None, chunk_size: int, threads: int):
+    from comet_core.config import CometConfig
+    from comet_core.engine import load
+
+    engine = load(model_name, "bf16", None, threads=threads, trainable=True,
+                  config=CometConfig(chunk_size=chunk_size, lora_rank=8))
+    params = list(engine.model.mem.trainable().values())
+    for p in params:
+        p.requires_grad_(True)
+    return engine, params
+
+
+def _batches(engine, level: int, n_batches: int, batch: int, seed: int):
+    from comet_core.train.samples import draw_batch
+
+    rng = random.Random(seed)
+    return [draw_batch(engine.tok, engine.model.cfg, rng, level, {"passkey": 1.0}, batch) for _ in range(n_batches)]
+
+
+def _step(engine, params, encs, sequential: bool) -> None:
+    from comet_core.train.trainer import batch_loss
+
+    for p in params:
+        p.grad = None
+    groups = [[e] for e in encs] if sequential else [encs]
+    for g in groups:
+        loss, _ = batch_loss(engine.model, g, grad_ckpt=len(g[0].chunks) > 4)
+        (loss / sum(e.n_predicted for e in encs)).sum().backward()
+
+
+def measure(a: argparse.Namespace, level: int, sequential: bool, threads: int) -> dict:
+    engine, params = _setup(a.model, a.chunk_size, threads)
+    batches = _batches(engine, level, a.warmup + a.steps, a.batch, a.seed)
+    times = []
+    for i, b in enumerate(batches):
+        t0 = time.perf_counter()
+        _step(engine, params, [d.enc for d in b], sequential)
+        if i >= a.warmup:
+            times.append(time.perf_counter() - t0)
+    tokens = sum(d.text_tokens for b in batches[a.warmup:] for d in b)
+    return {"mode": "sequential" if sequential else "batched", "level": level, "threads": threads,
+            "step_s": sum(times) / len(times), "tokens_per_s": tokens / sum(times)}
+
+
+def _dp_worker(a: argparse.Namespace, level: int, out: str) -> None:
+    from comet_core.train.pipeline import init_mesh, sync_grads
+
+    mesh = init_mesh(1)
+    engine, params = _setup(a.model, a.chunk_size, 1)
+    batches = _batches(engine, level, a.warmup + a.steps, a.batch, a.seed)
+    times, tokens = [], 0
+    for i, b in enumerate(batches):
+        mine = [d for k, d in enumerate(b) if k % mesh.dp == mesh.d]
+        t0 = time.perf_counter()
+        _step(engine, params, [d.enc for d in mine], sequential=False)
+        sync_grads(params, mesh)
+        if i >= a.warmup:
+            times.append(time.perf_counter() - t0)
+            tokens += sum(d.text_tokens for d in b)  # the whole step's samples, done by the two processes
+    if mesh.rank == 0:
+        Path(out).write_text(json.dumps({"mode": "data-parallel", "level": level, "threads": "2x1",
+                                         "step_s": sum(times) / len(times), "tokens_per_s": tokens / sum(times)}))
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=None, help="base model (default: SmolLM2-135M-Instruct)")
+    ap.add_argument("--chunk-size", type=int, default=256)
+    ap.add_argument("--levels", default="1,2", help="chunks per sample")
+    ap.add_argument("--batch", type=int, default=4, help="samples per step")
+    ap.add_argument("--steps", type=int, default=4, help="timed steps per configuration")
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json-out", default="bench/results/train_speed.json")
+    a = ap.parse_args(argv)
+    from comet_core.train.pipeline import spawn_local
+
+    from .common import machine, other_load
+
+    warn = other_load()
+    rows = []
+    for level in (int(x) for x in a.levels.split(",")):
+        for sequential in (True, False):
+            rows.append(measure(a, level, sequential, a.threads))
+            print(json.dumps(rows[-1]), flush=True)
+        out = Path(a.json_out).with_suffix(".dp.tmp")
+        if spawn_local(_dp_worker, 2, (a, level, str(out)), timeout_s=3600) != [0, 0]:
+            raise SystemExit("the data-parallel workers failed")
+        rows.append(json.loads(out.read_text()))
+        out.unlink()
+        print(json.dumps(rows[-1]), flush=True)
+    print(f"\n{'level':>5}  {'mode':<14} {'threads':>7}  {'step s':>7}  {'text tok/s':>10}")
+    for r in rows:
+        print(f"{r['level']:>5}  {r['mode']:<14} {r['threads']!s:>7}  {r['step_s']:7.2f}  {r['tokens_per_s']:10.0f}")
+    if warn:
+        print("WARNING:", warn)
+    Path(a.json_out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.json_out).write_text(json.dumps({"machine": machine(), "warning": warn, "args": vars(a), "rows": rows},
+                                           indent=1))
+    return rows
+
+
+if __name__ == "__main__":
+    torch.set_grad_enabled(True)
+    main()
