@@ -162,7 +162,7 @@ def read_state_file(path: str | os.PathLike) -> StateFile:
         raise StateError(f"{path}: not a comet state file")
     try:
         tensors = st_load(data)
-        header_len = int.from_bytes(data[:8], "little")
+        header_len = int.from_bytes(data[:8], "little")  # (safe_open().metadata() would open the file again)
         raw = json.loads(data[8:8 + header_len]).get("__metadata__", {}) or {}
     except (SafetensorError, ValueError, UnicodeDecodeError, OverflowError) as e:
         raise StateError(f"{path}: corrupt or truncated state file ({str(e).splitlines()[0][:80]})") from None
