@@ -118,13 +118,15 @@ def train(quiet: bool, verbose: bool, as_json: bool, threads: int | None, **kw) 
         args.check()
     except ValueError as e:
         raise click.UsageError(str(e)) from None
-    check_data(args.task_weights())
 
     import torch
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    from comet_core.train.pipeline import PipelineError
+    from comet_core.train.pipeline import PipelineError, check_launch
+
+    check_launch(pipeline)  # how to launch comes first: it is the same fix with or without data
+    check_data(args.task_weights())  # before any model loads
     from comet_core.train.trainer import train as run_train
 
     local_procs = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))

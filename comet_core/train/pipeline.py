@@ -84,12 +84,18 @@ class Mesh:
         return self.d * self.pp + p
 
 
-def init_mesh(pp: int, timeout_s: float = 600.0) -> Mesh:
-    """Join the process group described by torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK)."""
-    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+def check_launch(pp: int) -> int:
+    """The process count torchrun launched (WORLD_SIZE) fits `--pipeline pp`; returns it."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
     if pp < 1 or world % pp:
         raise PipelineError(f"--pipeline {pp} needs a multiple of {pp} processes, not {world}: launch with "
                             f"torchrun --nproc-per-node {pp} (or a multiple, for data parallelism)")
+    return world
+
+
+def init_mesh(pp: int, timeout_s: float = 600.0) -> Mesh:
+    """Join the process group described by torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK)."""
+    world, rank = check_launch(pp), int(os.environ.get("RANK", "0"))
     if torch.cuda.is_available():
         device, backend = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))), "nccl"
         torch.cuda.set_device(device)
