@@ -3,7 +3,9 @@ really executes per text token while reading, and the layout overhead.
 
 1. Peak: the best of square bf16 / fp32 matmuls (1024..4096), and the same GEMMs at the shapes of one
    decoder layer at S rows (a full chunk), for dense bf16 / fp32 weights and bitsandbytes NF4 (its packed
-   AVX512-BF16 kernel, and dequantise-then-bf16-matmul).
+   AVX512-BF16 kernel, and dequantise-then-bf16-matmul), and int8 x int8 -> int32 (`torch._int_mm`, oneDNN:
+   VNNI / AMX-INT8 where the CPU has them) with the activations quantised per row at run time, as
+   llama.cpp's Q4 x Q8 path does; its error against fp32 is printed beside bf16's.
 2. FLOPs per text token (bench.common.flops_per_text_token, formula in its docstring): linears
    2 * P_layer * S/c per layer, causal attention 2 * 2 * d_attn * S(S+1)/2 / c, memory nets; no lm_head.
 3. Achieved: comet reading N tokens at each precision, and the backbone over plain 512-token chunks;
@@ -60,6 +62,23 @@ def _dequant_linear(x: torch.Tensor, qweight: torch.Tensor, qs) -> torch.Tensor:
     return F.linear(x, bf.dequantize_4bit(qweight, qs).to(torch.bfloat16))
 
 
+def int8_weight(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """W[out, in] -> (W_q^T [in, out] int8, per-output-row scale [out] fp32), symmetric absmax."""
+    scale = w.float().abs().amax(1).clamp(min=1e-8) / 127
+    return (w.float() / scale[:, None]).round().to(torch.int8).t(), scale
+
+
+def int8_linear(x: torch.Tensor, wq_t: torch.Tensor, w_scale: torch.Tensor) -> torch.Tensor:
+    """x[rows, in] bf16 @ W^T with x quantised per row to int8 now, an int32 GEMM, then both scales."""
+    x_scale = x.float().abs().amax(-1, keepdim=True).clamp(min=1e-8) / 127  # [rows, 1]
+    xq = (x.float() / x_scale).round().to(torch.int8)
+    return (torch._int_mm(xq, wq_t).float() * x_scale * w_scale).to(torch.bfloat16)  # [rows, out]
+
+
+def rel_err(y: torch.Tensor, ref: torch.Tensor) -> float:
+    return float((y.float() - ref).norm() / ref.norm())
+
+
 def kernel_table(shapes: list[tuple[str, int, int]], rows: int, with_4bit: bool) -> list[dict]:
     """GFLOP/s of x[rows, in] @ W[in, out] for each shape: bf16, fp32, NF4 packed kernel, NF4 dequant + bf16."""
     out = []
@@ -71,6 +90,14 @@ def kernel_table(shapes: list[tuple[str, int, int]], rows: int, with_4bit: bool)
             r = {"layer": name, "in": k, "out": n, "rows": rows,
                  "bf16": flop / bench_fn(partial(F.linear, xb, wb)) / 1e9,
                  "fp32": flop / bench_fn(partial(F.linear, x, w)) / 1e9}
+            x2 = xb[0]  # [rows, in]
+            wq_t, w_scale = int8_weight(wb)
+            xq = torch.randint(-127, 128, (rows, k), dtype=torch.int8)
+            ref = F.linear(x2.float(), wb.float())
+            r["int8 dyn-quant"] = flop / bench_fn(partial(int8_linear, x2, wq_t, w_scale)) / 1e9
+            r["int8 GEMM only"] = flop / bench_fn(partial(torch._int_mm, xq, wq_t)) / 1e9
+            r["bf16 err"] = rel_err(F.linear(x2, wb), ref)
+            r["int8 err"] = rel_err(int8_linear(x2, wq_t, w_scale), ref)
             if with_4bit and n % 32 == 0:
                 import bitsandbytes as bnb
                 import bitsandbytes.functional as bf
@@ -138,7 +165,8 @@ def main(argv: list[str] | None = None) -> dict:
     reads = [measure_reading(p, prec, C.parse_size(a.tokens), a.block) for prec in precs]
     lay = reads[0]["layout"]
     kernels = kernel_table(dense["shapes"], lay["S"], with_4bit="4bit" in precs)
-    cols = ["layer", "in", "out", "rows", "bf16", "fp32"] + (["nf4 bnb kernel", "nf4 dequant+bf16",
+    cols = ["layer", "in", "out", "rows", "bf16", "fp32", "int8 dyn-quant", "int8 GEMM only", "bf16 err",
+            "int8 err"] + (["nf4 bnb kernel", "nf4 dequant+bf16",
                                                               "nf4 dequant only ms"] if "4bit" in precs else [])
     C.print_table(f"One decoder layer's GEMMs at S = {lay['S']} rows (GFLOP/s)", cols,
                   [[k.get(c) for c in cols] for k in kernels])

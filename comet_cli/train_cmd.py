@@ -43,6 +43,8 @@ train_options = stack(
     _arg("accum", "Samples per step, run as one batch.", POS),
     _arg("lr", "Learning rate of the memory nets and beacon embeddings (AdamW, after a short warm-up).", float),
     _arg("lora_lr", "Learning rate of the LoRA weights.", float),
+    _arg("ema", "Average the trained weights over the last ~1/(1-DECAY) steps (e.g. 0.99); the held-out "
+                "evaluation and the saved adapter use the average. 0 = off.", float, metavar="DECAY"),
     _arg("lora_rank", "Rank of the LoRA on the backbone's linears; 0 = no LoRA.", COUNT),
     _arg("lora_targets", "Linears that get LoRA: q/k/v/o_proj, gate/up/down_proj. With --init-adapter, targets "
                          "the adapter lacks are added (starting at zero).", metavar="LIST"),

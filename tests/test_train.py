@@ -177,6 +177,39 @@ def test_ctrl_c_keeps_every_completed_step(env, monkeypatch):
     assert train(args)["step"] == 4
 
 
+def _raw_weights(run) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return {k[:-4]: v for k, v in load_file(run / "train_state.safetensors").items() if k.endswith(".raw")}
+
+
+def test_ema_adapter_holds_the_average_and_a_resumed_run_matches_an_uninterrupted_one(env, monkeypatch):
+    monkeypatch.setenv("COMET_DATA", str(env / "data"))
+
+    def run(name: str, steps: int, resume: bool = False) -> dict:
+        args = TrainArgs(out=str(env / name), model=str(env / "model"), precision="fp32", chunk_size=256,
+                         n_global=4, budget=16, lora_rank=2, steps=steps, accum=1, save_every=1, warmup=1,
+                         ema=0.75, resume=resume)
+        return train(args)
+
+    run("ema1", 1)
+    _, avg = read_adapter(env / "ema1" / "adapter.safetensors")
+    raw = _raw_weights(env / "ema1")
+    b = [k for k in raw if k.startswith("lora.") and k.endswith(".B")]
+    assert b and any(raw[k].abs().sum() > 0 for k in b)
+    for k in b:  # LoRA B starts at zero, so after one step the average is (1 - decay) x the weights
+        torch.testing.assert_close(avg[k], 0.25 * raw[k])
+    run("ema3", 3)
+    run("ema_r", 2)
+    run("ema_r", 3, resume=True)
+    _, want = read_adapter(env / "ema3" / "adapter.safetensors")
+    _, got = read_adapter(env / "ema_r" / "adapter.safetensors")
+    for k in raw:
+        torch.testing.assert_close(got[k], want[k])
+    for k, v in _raw_weights(env / "ema3").items():
+        torch.testing.assert_close(_raw_weights(env / "ema_r")[k], v)
+
+
 def test_lm_sample_with_context_filling_whole_chunks_still_has_a_token_to_predict_from():
     tok = tiny_tokenizer()
     cfg = CometConfig(chunk_size=32, stride=4, n_global=4, budget=8)

@@ -31,6 +31,8 @@ class TrainArgs:
     lora_lr: float = 1e-3  # LoRA on the backbone
     warmup: int = 10
     clip: float = 1.0
+    ema: float = 0.0  # decay of an exponential moving average of the trained weights (0: off); evaluation
+    #                   and the saved adapter use the average, training goes on from the raw weights
     min_chunks: int = 1  # curriculum levels: chunks read into memory (1, 2, 4, ... max_chunks)
     max_chunks: int = 32
     promote_at: float = 0.9
@@ -60,6 +62,8 @@ class TrainArgs:
         self.task_weights()
         if not 0.0 <= self.in_memory <= 1.0:
             raise ValueError(f"--in-memory is a share in [0, 1], got {self.in_memory}")
+        if not 0.0 <= self.ema < 1.0:
+            raise ValueError(f"--ema is a decay in [0, 1), got {self.ema}")
         if self.priming < 0:
             raise ValueError(f"--priming is a number of tokens >= 0, got {self.priming}")
         if not 1 <= self.min_chunks <= self.max_chunks:

@@ -28,7 +28,8 @@ import os
 import random
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -183,9 +184,29 @@ def _optimizer(model: CometModel, args: TrainArgs) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, betas=(0.9, 0.999), weight_decay=0.0)
 
 
-def _save_train_state(path: Path, opt: torch.optim.AdamW, model: CometModel, meta: dict) -> None:
+@contextmanager
+def averaged(params: dict[str, torch.Tensor], ema: dict[str, torch.Tensor]) -> Iterator[None]:
+    """The EMA weights in place of the raw ones for the duration (evaluation, saving the adapter)."""
+    if not ema:
+        yield
+        return
+    raw = {k: p.detach().clone() for k, p in params.items()}
+    with torch.no_grad():
+        for k, p in params.items():
+            p.copy_(ema[k])
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for k, p in params.items():
+                p.copy_(raw[k])
+
+
+def _save_train_state(path: Path, opt: torch.optim.AdamW, model: CometModel, meta: dict,
+                      raw: dict[str, torch.Tensor] | None = None) -> None:
+    """Adam moments (and, when the adapter holds averaged weights, the raw ones as `{name}.raw`)."""
     names = {id(p): k for k, p in model.mem.trainable().items()}
-    tensors = {}
+    tensors = {f"{k}.raw": v.detach().contiguous() for k, v in (raw or {}).items()}
     for group in opt.param_groups:
         for p in group["params"]:
             s = opt.state.get(p)
@@ -198,10 +219,15 @@ def _save_train_state(path: Path, opt: torch.optim.AdamW, model: CometModel, met
 
 
 def _load_train_state(path: Path, opt: torch.optim.AdamW, model: CometModel) -> dict:
+    """Restore the Adam moments; where the checkpoint kept raw weights beside an averaged adapter, training
+    resumes from the raw ones (the average, loaded with the adapter, was already copied by the caller)."""
     with safe_open(path, "pt") as f:
         meta = json.loads(f.metadata()["comet_train"])
         tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
     for k, p in model.mem.trainable().items():
+        if f"{k}.raw" in tensors:
+            with torch.no_grad():
+                p.copy_(tensors[f"{k}.raw"])
         if f"{k}.exp_avg" in tensors:
             opt.state[p] = {"step": torch.tensor(meta["adam_steps"][k]), "exp_avg": tensors[f"{k}.exp_avg"],
                             "exp_avg_sq": tensors[f"{k}.exp_avg_sq"]}
@@ -210,8 +236,8 @@ def _load_train_state(path: Path, opt: torch.optim.AdamW, model: CometModel) -> 
 
 def resume_progress(args: TrainArgs, out: Path, opt: torch.optim.AdamW, model: CometModel, cur: Curriculum,
                     rng: random.Random) -> tuple[int, int, float]:
-    """With --resume and a checkpoint in `out`: restore optimizer, curriculum and rng in place and return
-    (step, seen_tokens, elapsed seconds); otherwise (0, 0, 0.0)."""
+    """With --resume and a checkpoint in `out`: restore optimizer, curriculum, rng and raw weights in place
+    and return (step, seen_tokens, elapsed seconds); otherwise (0, 0, 0.0)."""
     if not (args.resume and (out / "train_state.safetensors").exists()):
         return 0, 0, 0.0
     meta = _load_train_state(out / "train_state.safetensors", opt, model)
@@ -267,7 +293,10 @@ def train(args: TrainArgs, on_step: Callable[[dict], None] | None = None, pp: in
     engine, base_fp = build_model(args, mesh.device)
     model, tok, cfg, loaded = engine.model, engine.tok, engine.model.cfg, engine.loaded
     opt = _optimizer(model, args)
-    params = list(model.mem.trainable().values())
+    named = model.mem.trainable()
+    params = list(named.values())
+    # the weight average starts from the loaded weights (a resumed run's adapter is its average)
+    ema = {k: p.detach().clone() for k, p in named.items()} if args.ema else {}
     weights = args.task_weights()
     cur = curriculum(args, weights)
     rng = random.Random(args.seed)
@@ -277,8 +306,10 @@ def train(args: TrainArgs, on_step: Callable[[dict], None] | None = None, pp: in
     def save() -> None:
         nonlocal saved_at
         if mesh.rank == 0:
-            save_checkpoint(out, model, opt, base_fp, loaded.name, args, step, seen_tokens, cur, rng,
-                            elapsed0 + time.time() - t0)
+            raw = {k: p.detach().clone() for k, p in named.items()} if ema else None
+            with averaged(named, ema):
+                save_checkpoint(out, model, opt, base_fp, loaded.name, args, step, seen_tokens, cur, rng,
+                                elapsed0 + time.time() - t0, raw)
         saved_at = step
 
     def evaluate_now() -> dict | None:
@@ -288,7 +319,8 @@ def train(args: TrainArgs, on_step: Callable[[dict], None] | None = None, pp: in
         ev = None
         if mesh.rank == 0:
             te = time.time()
-            ev = heldout(engine, args, weights, cur.level)
+            with averaged(named, ema):
+                ev = heldout(engine, args, weights, cur.level)
             acc[0] = ev["acc"]
         if mesh.world > 1:
             all_reduce(acc, "held-out accuracy")
@@ -355,6 +387,10 @@ def train(args: TrainArgs, on_step: Callable[[dict], None] | None = None, pp: in
             gnorm = float(torch.nn.utils.clip_grad_norm_(params, args.clip))
             stepping = True
             opt.step()
+            if ema:
+                with torch.no_grad():
+                    for k, p in named.items():
+                        ema[k].lerp_(p.detach(), 1.0 - args.ema)
             step += 1
             seen_tokens += int(stats[2])
             stepping = False
@@ -391,11 +427,11 @@ def train(args: TrainArgs, on_step: Callable[[dict], None] | None = None, pp: in
 
 
 def save_checkpoint(out: Path, model, opt, base_fp, base_name, args, step, seen_tokens, cur, rng,
-                    elapsed: float) -> None:
+                    elapsed: float, raw: dict[str, torch.Tensor] | None = None) -> None:
     notes = {"trained_steps": step, "seen_tokens": seen_tokens, "level": cur.level,
              "train_seconds": round(elapsed), "train_args": asdict(args)}
     save_adapter(out / "adapter.safetensors", model, base_fp, base_name, notes=notes)
     meta = {"step": step, "seen_tokens": seen_tokens, "level": cur.level, "recent": list(cur.recent),
             "steps_at_level": cur.steps_at_level,
             "rng": rng.getstate(), "args": asdict(args), "elapsed": elapsed}
-    _save_train_state(out / "train_state.safetensors", opt, model, meta)
+    _save_train_state(out / "train_state.safetensors", opt, model, meta, raw)
