@@ -222,8 +222,8 @@ answer_options = stack(
     click.option("--seed", type=int, help="Sampling seed (with --temperature > 0; default: none, unseeded)."),
     click.option("--priming", type=click.IntRange(0), metavar="N",
                  help="Text tokens that stay in the live chunk before the question; the rest of the unread tail "
-                      "goes through memory first. Default: what the adapter was trained with (0 for the shipped "
-                      "one: the question alone meets the memory)."),
+                      "goes through memory first. Default: what the adapter was trained with (its `priming` "
+                      "setting; 0: the question alone meets the memory)."),
 )
 
 output_options = stack(
