@@ -27,6 +27,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--reps", type=int, default=3, help="repetitions per length (best is kept)")
     ap.add_argument("--text", type=Path, default=None)
     ap.add_argument("--json-out", type=Path, default=None)
+    ap.add_argument("--scaling", type=Path, default=C.RESULTS / "scaling.json",
+                    help="bench.scaling's JSON to print comet's speed beside (measure both in one session)")
     a = ap.parse_args(argv)
     payload: dict = {"benchmark": "llamacpp", "machine": C.machine(), "warning": C.other_load()}
     try:
@@ -63,7 +65,7 @@ def main(argv: list[str] | None = None) -> dict:
     payload.update(status="ok", version=llama_cpp.__version__, gguf=str(gguf), threads=a.threads, runs=rows,
                    peak_rss_mb=C.peak_rss_mb())
     comet = {}
-    scaling = C.RESULTS / "scaling.json"
+    scaling = a.scaling
     if scaling.is_file():
         sc = json.loads(scaling.read_text())
         comet = {"dense": {k: v["tok_s"] for k, v in sc.get("dense", {}).items()},
@@ -72,7 +74,7 @@ def main(argv: list[str] | None = None) -> dict:
     C.print_table(f"llama.cpp {llama_cpp.__version__} prompt processing, {gguf.name}, {a.threads} threads",
                   ["prompt tokens", "seconds", "tokens/s"], [[r["tokens"], r["seconds"], r["tok_s"]] for r in rows])
     if comet:
-        print("comet (bench/results/scaling.json): dense backbone "
+        print(f"comet ({scaling}): dense backbone "
               + ", ".join(f"{k} {v:,.0f}" for k, v in comet["dense"].items())
               + " tok/s; reading " + ", ".join(f"{k} {v:,.0f}" for k, v in comet["reading"].items()) + " tok/s")
     out = C.write_json(a.json_out, "llamacpp.json", payload)

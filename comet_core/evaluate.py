@@ -1,4 +1,4 @@
-"""Evaluation: passkey retrieval, needle QA and language modelling, CoMeT against two baselines.
+"""Evaluation: passkey retrieval, facts, needle QA and language modelling, CoMeT against two baselines.
 
 Systems. Each is loaded fresh through ``engine.load``, one after another, so the trained LoRA (which wraps
 the backbone's q/v projections in place) never touches a baseline's backbone:
@@ -309,7 +309,7 @@ def summarize(rows: list[dict]) -> list[dict]:
 
 
 def check_targets(summary: list[dict]) -> list[dict]:
-    """The issue's targets for the comet system, per precision and length:
+    """The project's targets for the comet system, per precision and length:
     passkey: accuracy >= 95% at every depth;
     needle_qa: F1 at most 5 points below full attention where the input fits the window, and at least
     20 points ("far") above it where it does not;

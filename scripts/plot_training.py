@@ -4,7 +4,8 @@ and the held-out accuracy of generated answers from eval.jsonl next to it (runs 
 Several runs are drawn one after the other (a run started with --init-adapter from the previous one's
 adapter continues its token count):
 
-    python scripts/plot_training.py docs/eval/training-log.jsonl runs/s3 docs/eval/training-curve.png
+    python scripts/plot_training.py docs/eval/training-log.jsonl docs/eval/training-log-s3.jsonl curve.png
+    python scripts/plot_training.py checkpoints/r1 r1.png          # a run folder: log.jsonl + eval.jsonl
 """
 
 from __future__ import annotations

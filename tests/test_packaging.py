@@ -129,7 +129,7 @@ def test_ci_runs_the_readme_test_command():
 
 
 DOCS = [ROOT / "README.md", ROOT / "samples" / "README.md", ROOT / "bench" / "README.md",
-        *sorted((ROOT / "docs").glob("*.md"))]
+        ROOT / "checkpoints" / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 
 @pytest.mark.parametrize("doc", DOCS, ids=lambda p: str(p.relative_to(ROOT)))
