@@ -193,7 +193,7 @@ def cli() -> None:
 
 model_options = stack(
     model_option(" Default with --state: the state's model."),
-    click.option("--adapter", metavar="PATH", type=click.Path(dir_okay=False),
+    click.option("--adapter", metavar="PATH", type=click.Path(exists=True, dir_okay=False),
                  help="CoMeT adapter (.safetensors) to use instead of the one shipped for the model. Default with "
                       "--state: the state's."),
     precision_option("Weights: 4bit (NF4, the default), 8bit, bf16 or fp32. Default with --state: the state's."),
@@ -422,6 +422,8 @@ def info(state: str, as_json: bool, quiet: bool, verbose: bool) -> None:
       comet info book.comet --json | jq .tokens_read
       watch -n 10 comet info app.comet        # a followed log: how far, how fresh
     """
+    global _debug
+    _debug = _debug or verbose  # info writes no progress or notes: -q has nothing to silence
     from comet_core.state_io import read_state_file
 
     f = read_state_file(state)  # one read: the version it describes, even if the file is replaced meanwhile

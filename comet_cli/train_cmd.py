@@ -128,6 +128,7 @@ def train(quiet: bool, verbose: bool, as_json: bool, threads: int | None, **kw) 
     from comet_core.train.pipeline import PipelineError, check_launch
 
     check_launch(pipeline)  # how to launch comes first: it is the same fix with or without data
+    args.check_out()  # a file in the way of --out, or --resume without a checkpoint there
     check_data(args.task_weights())  # before any model loads
     from comet_core.train.trainer import train as run_train
 
@@ -175,10 +176,20 @@ def train(quiet: bool, verbose: bool, as_json: bool, threads: int | None, **kw) 
         return
     adapter = os.path.join(args.out, "adapter.safetensors")
     if as_json:
-        click.echo(json.dumps({"out": args.out, "adapter": adapter, "step": last.get("step"), **last,
-                               "args": asdict(args)}))
+        saved = adapter if os.path.isfile(adapter) else None  # none when a new run stopped before its first step
+        click.echo(json.dumps({"out": args.out, "adapter": saved, **last, "args": asdict(args)}))
     if not quiet:
-        click.echo(f"comet: saved {adapter} after step {last.get('step')}", err=True)
+        click.echo(f"comet: {done_message(last, args.steps, adapter)}", err=True)
+
+
+def done_message(last: dict, steps: int, adapter: str) -> str:
+    """What the run did: saved after step N, or nothing (no "loss": no step ran)."""
+    step = last["step"]
+    if "loss" in last:
+        return f"saved {adapter} after step {step}"
+    if step >= steps:
+        return f"nothing to do: already at step {step} (raise --steps to train further)"
+    return f"the time limit ran out before a step: still at step {step} (nothing new saved)"
 
 
 if __name__ == "__main__":  # `torchrun ... -m comet_cli.train_cmd ...`: the same command, errors and exit codes

@@ -15,7 +15,7 @@ def parse_tokens(text: str) -> int:
     mult = {"k": K, "m": K * K}.get(p[-1:], 1)
     try:
         n = round(float(p[:-1] if mult > 1 else p) * mult)
-    except ValueError:
+    except (ValueError, OverflowError):  # "x", "nan"; "inf", "1e400k"
         raise ValueError(f"bad length {text.strip()!r}: give tokens like 4096, 4k or 1M") from None
     if n < 1:
         raise ValueError(f"bad length {text.strip()!r}: must be at least 1 token")

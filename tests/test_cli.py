@@ -572,6 +572,44 @@ def test_train_without_data_says_how_to_fetch_it_before_loading_a_model(env, tmp
     assert not (tmp_path / "run").exists()
 
 
+def test_train_out_that_is_a_file_or_resume_without_a_checkpoint_fails_before_loading(env, tmp_path):
+    no_data = dict(env, COMET_DATA=str(tmp_path / "no-data"))  # --out is checked before the data folder
+    (tmp_path / "file").write_text("not a folder")
+    one_line_error(run_no_stdin(["train", "--out", tmp_path / "file"], no_data), 1, "is a file, not a folder")
+    p = run_no_stdin(["train", "--out", tmp_path / "typo", "--resume"], no_data)
+    one_line_error(p, 1, f"--resume: {tmp_path / 'typo'} (no such folder) has no train_state.safetensors",
+                   "drop --resume to start a new run")
+    (tmp_path / "empty").mkdir()
+    p2 = run_no_stdin(["train", "--out", tmp_path / "empty", "--resume"], no_data)
+    one_line_error(p2, 1, f"{tmp_path / 'empty'} has no train_state.safetensors")
+    assert "loading" not in p.stderr.decode() + p2.stderr.decode() and not (tmp_path / "typo").exists()
+
+
+def test_missing_adapter_is_a_usage_error_before_loading(env, files, tmp_path):
+    usage_error(run_no_stdin(["ask", "--adapter", tmp_path / "nope.safetensors", files["txt"], "q"], env),
+                "--adapter", "does not exist")
+    usage_error(run_no_stdin(["summarize", "--adapter", tmp_path, files["txt"]], env), "--adapter", "directory")
+
+
+def test_info_verbose_shows_the_traceback_of_an_internal_error(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    import comet_core.state_io
+    from comet_cli import main
+
+    def boom(path: str):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(comet_core.state_io, "read_state_file", boom)
+    monkeypatch.setattr(main, "_debug", False)
+    r = CliRunner().invoke(main.cli, ["info", str(tmp_path / "s.comet"), "-q"])
+    assert r.exit_code == 1 and r.stderr == ("comet: error: internal error: RuntimeError: boom "
+                                             "(COMET_DEBUG=1 shows the traceback)\n")
+    r = CliRunner().invoke(main.cli, ["info", str(tmp_path / "s.comet"), "-v"])
+    assert r.exit_code == 1 and "Traceback" in r.stderr and "RuntimeError: boom\n" in r.stderr
+    assert r.stderr.splitlines()[-1].startswith("comet: error: internal error: RuntimeError: boom")
+
+
 def test_info_on_a_file_that_is_not_a_state(env, files, tmp_path):
     line = one_line_error(run(["info", files["txt"]], env), 1, "not a comet state file")
     assert "truncated" not in line and "empty" not in line

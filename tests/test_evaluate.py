@@ -62,7 +62,7 @@ def test_parse_arguments():
     assert parse_lengths("300, 0.5k,300") == [300, 512]
     assert parse_depths("0,0.5,1") == [0.0, 0.5, 1.0]
     assert parse_choices("full,comet", ev.SYSTEMS, "system") == ["full", "comet"]
-    for bad in ("4x", "", "-1k"):
+    for bad in ("4x", "", "-1k", "inf", "1e400k", "nan"):
         with pytest.raises(ValueError):
             parse_lengths(bad)
     with pytest.raises(ValueError):
@@ -240,6 +240,12 @@ def test_cli_needle_qa_and_lm(env):
     result = run_cli(["passkey", *common, "--lengths", "200", "--depths", "0.5", "--systems", "comet",
                       "--max-new-tokens", "2", "-q"])
     assert "passkey accuracy" in result.stdout and "target passkey fp32 200" in result.stdout
+
+
+def test_lengths_too_large_for_a_number_are_a_usage_error():
+    for bad in ("inf", "1e400k"):
+        r = CliRunner().invoke(cli, ["eval", "lm", "--lengths", bad])
+        assert r.exit_code == 2 and r.stderr.startswith(f"comet: error: bad length '{bad}'"), r.stderr
 
 
 def test_cli_usage_errors(env):

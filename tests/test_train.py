@@ -177,6 +177,30 @@ def test_ctrl_c_keeps_every_completed_step(env, monkeypatch):
     assert train(args)["step"] == 4
 
 
+def test_resume_at_the_target_step_trains_nothing_and_says_so(env, monkeypatch):
+    from click.testing import CliRunner
+
+    from comet_cli.main import cli
+
+    monkeypatch.setenv("COMET_DATA", str(env / "data"))
+    out = env / "run_done"
+    opts = dict(model=str(env / "model"), precision="fp32", chunk_size=256, n_global=4, budget=16, lora_rank=2,
+                steps=1, accum=1, eval_every=0)  # each a `comet train` option
+    seen = train(TrainArgs(out=str(out), **opts))["seen_tokens"]
+    adapter = (out / "adapter.safetensors").read_bytes()
+    rec = train(TrainArgs(out=str(out), resume=True, **opts))
+    assert (rec["step"], rec["seen_tokens"], rec["level"]) == (1, seen, 1) and "loss" not in rec
+    flags = [x for k, v in opts.items() for x in (f"--{k.replace('_', '-')}", str(v))]
+    r = CliRunner().invoke(cli, ["train", "--out", str(out), *flags, "--resume", "--json",
+                                 "--threads", str(torch.get_num_threads())])
+    assert r.exit_code == 0, r.stderr
+    assert r.stderr == "comet: nothing to do: already at step 1 (raise --steps to train further)\n"
+    got = json.loads(r.stdout)
+    assert got["step"] == 1 and got["seen_tokens"] == seen and got["adapter"] == str(out / "adapter.safetensors")
+    assert (out / "adapter.safetensors").read_bytes() == adapter  # nothing rewritten
+    assert len((out / "log.jsonl").read_text().splitlines()) == 1
+
+
 def _raw_weights(run) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 

@@ -7,9 +7,17 @@ LoRA module are imported only inside the methods that need them.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..config import CometConfig
+from ..errors import CometError
 from ..tasks import TASKS
+
+STATE_FILE = "train_state.safetensors"  # in --out: optimizer, progress (what --resume continues from)
+
+
+class RunFolderError(CometError):
+    """--out cannot hold the run: a file stands in its way, or --resume finds no checkpoint there."""
 
 
 @dataclass
@@ -73,6 +81,20 @@ class TrainArgs:
         bad = set(self.lora_targets.split(",")) - set(LORA_TARGETS)
         if bad:
             raise ValueError(f"unknown LoRA targets {sorted(bad)}; choose from {','.join(LORA_TARGETS)}")
+
+    def check_out(self) -> None:
+        """Raise RunFolderError when --out (or a folder above it) is a file, or when --resume finds no
+        checkpoint in --out (a typo would otherwise start a new run from scratch). Loads nothing."""
+        out = Path(self.out)
+        for p in (out, *out.parents):
+            if p.exists():
+                if not p.is_dir():
+                    raise RunFolderError(f"--out {self.out}: {p} is a file, not a folder")
+                break
+        if self.resume and not (out / STATE_FILE).is_file():
+            where = f"{self.out} (no such folder)" if not out.exists() else self.out
+            raise RunFolderError(f"--resume: {where} has no {STATE_FILE}, nothing to resume "
+                                 f"(drop --resume to start a new run there)")
 
     def task_weights(self) -> dict[str, float]:
         try:

@@ -284,7 +284,10 @@ def train(args: TrainArgs, on_step: Callable[[dict], None] | None = None, pp: in
     batch; with pp > 1 each sample is swept through the pipeline. Rank 0 alone logs, evaluates, calls
     `on_step` and writes checkpoints (every `save_every` steps and at the end; a single process also on
     Ctrl-C, keeping every completed step). Safe to stop at any time: rerun with resume=True. Returns the
-    last step's record."""
+    last step's record; when no step ran (`steps` already reached, or the time limit hit first), the run's
+    progress as it stands: {"step", "seen_tokens", "level", "elapsed"}, no "loss". Raises RunFolderError
+    before loading anything when `out` is a file or resume=True finds no checkpoint there."""
+    args.check_out()
     distributed = pp > 1 or int(os.environ.get("WORLD_SIZE", "1")) > 1
     own_group = distributed and not dist.is_initialized()
     mesh = init_mesh(pp, timeout_s) if distributed else Mesh()
@@ -301,7 +304,8 @@ def train(args: TrainArgs, on_step: Callable[[dict], None] | None = None, pp: in
     cur = curriculum(args, weights)
     rng = random.Random(args.seed)
     step, seen_tokens, elapsed0 = resume_progress(args, out, opt, model, cur, rng)
-    t0, record, saved_at = time.time(), {}, step
+    t0, saved_at = time.time(), step
+    record = {"step": step, "seen_tokens": seen_tokens, "level": cur.level, "elapsed": elapsed0}  # until a step
 
     def save() -> None:
         nonlocal saved_at
