@@ -80,7 +80,10 @@ def rel_err(y: torch.Tensor, ref: torch.Tensor) -> float:
 
 
 def kernel_table(shapes: list[tuple[str, int, int]], rows: int, with_4bit: bool) -> list[dict]:
-    """GFLOP/s of x[rows, in] @ W[in, out] for each shape: bf16, fp32, NF4 packed kernel, NF4 dequant + bf16."""
+    """GFLOP/s of x[rows, in] @ W[in, out] for each shape: bf16, fp32, int8 x int8 -> int32 with the
+    activations quantised per row at run time (`int8 dyn-quant`) and the int8 GEMM alone (`int8 GEMM only`),
+    NF4 packed kernel, NF4 dequant + bf16; and the relative errors of the bf16 and int8 products against fp32
+    (`bf16 err`, `int8 err`)."""
     out = []
     with torch.no_grad():
         for name, k, n in shapes:

@@ -19,17 +19,21 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # bench/ is not an installed package
 
 from bench import (  # noqa: E402
+    attention,
     common,
     experiments,
     generation,
+    grad_flow,
     hw_limit,
     llamacpp,
     memory_gain,
     memory_probe,
     needle_leaks,
+    priming_ab,
     profile_read,
     scaling,
     tradeoff,
+    train_speed,
     vs_full_attention,
 )
 
@@ -134,6 +138,45 @@ def test_llamacpp_reports_or_skips(tiny_env):
     res = llamacpp.main(["--json-out", str(root / "llamacpp.json"), "--lengths", "64", "--reps", "1",
                          "--text", TEXT])
     assert res["status"] == "ok" or "not installed" in res["status"]
+
+
+def test_attention_times_each_kernel_forward_and_backward(tiny_env):
+    _, root, _ = tiny_env
+    rows = attention.main(["--shapes", "16x1", "--reps", "1", "--threads", "1", "--json-out", str(root / "att.json")])
+    assert [r["kernel"] for r in rows] == ["flash", "matmul fp32 scores", "matmul bf16 scores"]
+    assert all(r["forward_ms"] > 0 and r["forward_backward_ms"] > 0 for r in rows)
+
+
+@pytest.fixture
+def tiny_data(tiny_env, tmp_path, monkeypatch):
+    """The tiny model and the synthetic data folder the training samples are drawn from."""
+    from test_data import _make_data
+
+    _make_data(tmp_path / "data")
+    monkeypatch.setenv("COMET_DATA", str(tmp_path / "data"))
+    return tiny_env[0], tmp_path
+
+
+def test_train_speed_sequential_batched_and_data_parallel(tiny_data):
+    model, tmp = tiny_data
+    rows = train_speed.main(["--model", str(model), "--chunk-size", "256", "--levels", "1", "--batch", "2",
+                             "--steps", "1", "--warmup", "0", "--threads", "1", "--json-out", str(tmp / "ts.json")])
+    assert [r["mode"] for r in rows] == ["sequential", "batched", "data-parallel"]
+    assert all(r["tokens_per_s"] > 0 for r in rows)
+
+
+def test_priming_ab_trains_and_asks_each_layout(tiny_data):
+    model, tmp = tiny_data
+    rows = priming_ab.main(["--model", str(model), "--chunk-size", "256", "--steps", "1", "--samples", "1",
+                            "--threads", "1", "--json-out", str(tmp / "ab.json")])
+    assert [r["priming"] for r in rows] == [0, 256] and all(len(r["heldout_acc"]) == 3 for r in rows)
+
+
+def test_grad_flow_reaches_every_context_chunk(tiny_data):
+    model, _ = tiny_data
+    r = grad_flow.main(["--model", str(model), "--chunks", "2", "--chunk-size", "64", "--threads", "1"])
+    assert len(r["embed_grad_per_token"]) == 3 and all(g > 0 for g in r["embed_grad_per_token"])
+    assert len(r["layers"]) == 2 and r["beacon_grad"]["temp"] > 0
 
 
 def test_prose_stream_and_sizes():
