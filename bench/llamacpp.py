@@ -27,6 +27,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--reps", type=int, default=3, help="repetitions per length (best is kept)")
     ap.add_argument("--text", type=Path, default=None)
     ap.add_argument("--json-out", type=Path, default=None)
+    ap.add_argument("--no-extra-bufts", action="store_true",
+                    help="load without ggml's extra weight buffers (repacking, AMX): on a VM that lists AMX but "
+                         "does not run it, ggml's AMX matmul dies with SIGILL (tileloadd)")
     ap.add_argument("--scaling", type=Path, default=C.RESULTS / "scaling.json",
                     help="bench.scaling's JSON to print comet's speed beside (measure both in one session)")
     a = ap.parse_args(argv)
@@ -42,6 +45,17 @@ def main(argv: list[str] | None = None) -> dict:
 
     _, gguf = resolve_model(a.model)
     lengths = C.parse_sizes(a.lengths)
+    if a.no_extra_bufts:  # llama-cpp-python has no argument for it: patch the defaults its loader starts from
+        import llama_cpp.llama_cpp as lib
+
+        defaults = lib.llama_model_default_params
+
+        def without_extra_bufts():
+            p = defaults()
+            p.use_extra_bufts = False
+            return p
+
+        lib.llama_model_default_params = without_extra_bufts
     llm = llama_cpp.Llama(model_path=str(gguf), n_ctx=max(lengths) + 8, n_threads=a.threads,
                           n_threads_batch=a.threads, n_batch=512, n_ubatch=512, verbose=False)
     pieces = C.prose_pieces(a.text, seed=1)
@@ -63,6 +77,7 @@ def main(argv: list[str] | None = None) -> dict:
             best = dt if best is None else min(best, dt)
         rows.append({"tokens": n, "seconds": best, "tok_s": n / best})
     payload.update(status="ok", version=llama_cpp.__version__, gguf=str(gguf), threads=a.threads, runs=rows,
+                   extra_bufts=not a.no_extra_bufts,
                    peak_rss_mb=C.peak_rss_mb())
     comet = {}
     scaling = a.scaling

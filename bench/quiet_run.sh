@@ -7,6 +7,7 @@
 #
 #   bash bench/quiet_run.sh xeon-amx                       # ~15 min on 2 cores
 #   LENGTHS=16k,64k bash bench/quiet_run.sh xeon-amx       # ~8 min (no 256k read)
+#   LLAMACPP_ARGS=--no-extra-bufts bash bench/quiet_run.sh xeon-amx   # where ggml's AMX path dies (SIGILL)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tag=${1:?give a suffix for the result files, e.g. the machine}
@@ -14,6 +15,6 @@ r=bench/results
 echo "load: $(cut -d' ' -f1-3 /proc/loadavg); cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2)"
 python -m bench.scaling --precisions 4bit --lengths "${LENGTHS:-16k,64k,256k}" --json-out "$r/scaling-$tag.json" \
     --plot "$r/scaling-$tag.png" 2>&1 | tee "$r/scaling-$tag.log"
-python -m bench.llamacpp --scaling "$r/scaling-$tag.json" --json-out "$r/llamacpp-$tag.json" 2>&1 \
+python -m bench.llamacpp --scaling "$r/scaling-$tag.json" ${LLAMACPP_ARGS:-} --json-out "$r/llamacpp-$tag.json" 2>&1 \
     | tee "$r/llamacpp-$tag.log"
 python -m bench.hw_limit --precisions 4bit --tokens 16k --json-out "$r/hw_limit-$tag.json" 2>&1 | tee "$r/hw_limit-$tag.log"
