@@ -11,7 +11,6 @@ SmolLM2-135M's attention: 9 query heads, 3 key/value heads, head dim 64. A chunk
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -48,7 +47,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json-out", default="bench/results/attention.json")
     a = ap.parse_args(argv)
-    from .common import machine, other_load
+    from .common import finish, machine, other_load
 
     torch.set_num_threads(a.threads)
     warn = other_load()
@@ -69,11 +68,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             rows.append({"S": s, "B": b, "kernel": name, "forward_ms": fwd * 1e3, "forward_backward_ms": both * 1e3})
             print(f"S {s:4d}  B {b}  {name:<19} forward {fwd * 1e3:7.1f} ms   forward+backward {both * 1e3:7.1f} ms",
                   flush=True)
-    if warn:
-        print("WARNING:", warn)
-    Path(a.json_out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.json_out).write_text(json.dumps({"machine": machine(), "warning": warn, "args": vars(a), "rows": rows},
-                                           indent=1))
+    finish(Path(a.json_out), "attention.json", {"machine": machine(), "warning": warn, "args": vars(a), "rows": rows})
     return rows
 
 

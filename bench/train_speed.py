@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     a = ap.parse_args(argv)
     from comet_core.train.pipeline import spawn_local
 
-    from .common import machine, other_load
+    from .common import finish, machine, other_load
 
     warn = other_load()
     rows = []
@@ -116,11 +116,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print(f"\n{'level':>5}  {'mode':<14} {'threads':>7}  {'step s':>7}  {'text tok/s':>10}")
     for r in rows:
         print(f"{r['level']:>5}  {r['mode']:<14} {r['threads']!s:>7}  {r['step_s']:7.2f}  {r['tokens_per_s']:10.0f}")
-    if warn:
-        print("WARNING:", warn)
-    Path(a.json_out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.json_out).write_text(json.dumps({"machine": machine(), "warning": warn, "args": vars(a), "rows": rows},
-                                           indent=1))
+    finish(Path(a.json_out), "train_speed.json", {"machine": machine(), "warning": warn, "args": vars(a), "rows": rows})
     return rows
 
 
