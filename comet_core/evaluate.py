@@ -57,6 +57,7 @@ PREFILL = 8192  # tokens per forward when the full-attention baseline prefills (
 FAR_ABOVE = 0.20  # needle-QA / fact beyond the window: CoMeT must beat full attention by this much
 WITHIN = 0.05  # needle-QA inside the window: CoMeT's F1 may trail full attention by at most this much
 PASSKEY_MIN = 0.95  # passkey: accuracy at every depth
+AGAINST_FULL = {"needle_qa": ("f1", "F1", WITHIN), "fact": ("acc", "acc", 0.0)}  # task: metric, label, tolerance
 
 
 # --- systems -------------------------------------------------------------------------------------------
@@ -327,22 +328,14 @@ def check_targets(summary: list[dict]) -> list[dict]:
             out.append({"task": "passkey", "precision": p, "length": n,
                         "rule": f"acc >= {PASSKEY_MIN:.0%} at every depth", "value": worst,
                         "pass": worst >= PASSKEY_MIN})
-        elif r["task"] == "needle_qa":
+        elif r["task"] in AGAINST_FULL:
+            metric, label, within = AGAINST_FULL[r["task"]]
             full = idx.get((p, "full", n, "all"))
             if full is None:
                 continue
-            gap = r["f1"] - full["f1"]
-            fits = not full.get("truncated")
-            rule = f"F1 >= full - {WITHIN * 100:.0f}" if fits else f"F1 >= full + {FAR_ABOVE * 100:.0f}"
-            ok = gap >= -WITHIN if fits else gap >= FAR_ABOVE
-            out.append({"task": "needle_qa", "precision": p, "length": n, "rule": rule, "value": r["f1"],
-                        "full": full["f1"], "gap": gap, "pass": ok})
-        elif r["task"] == "fact":
-            full = idx.get((p, "full", n, "all"))
-            if full is None:
-                continue
-            gap, fits = r["acc"] - full["acc"], not full.get("truncated")
-            rule = "acc >= full" if fits else f"acc >= full + {FAR_ABOVE * 100:.0f}"
-            out.append({"task": "fact", "precision": p, "length": n, "rule": rule, "value": r["acc"],
-                        "full": full["acc"], "gap": gap, "pass": gap >= 0 if fits else gap >= FAR_ABOVE})
+            gap, fits = r[metric] - full[metric], not full.get("truncated")
+            rule = (f"{label} >= full" + (f" - {within * 100:.0f}" if within else "")) if fits \
+                else f"{label} >= full + {FAR_ABOVE * 100:.0f}"
+            out.append({"task": r["task"], "precision": p, "length": n, "rule": rule, "value": r[metric],
+                        "full": full[metric], "gap": gap, "pass": gap >= -within if fits else gap >= FAR_ABOVE})
     return out
