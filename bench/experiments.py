@@ -1,9 +1,11 @@
 """Engine optimisations, measured: reading speed with each of the engine's optimisations switched off.
 
-The engine (comet_core) reads with three optimisations that came out of this script's prototypes:
+The engine (comet_core) reads with three optimisations that came out of this script's prototypes, and has
+a fourth that is off by default (its compile time outweighs its gain below ~200k tokens):
   kv_only     the memory slots and the sink only give keys/values (comet_core/prefix.py)
   dense       quantised weights dequantised to bf16 (LoRA folded in) once per layer visit (comet_core/dense.py)
   sink_cache  the sink token's per-layer states computed once, not at every read() call
+  compile     the prefix layer as one torch.compile'd function (comet_core/fused.py; COMET_COMPILE=1)
 Variants (each applied around one read, then undone; the engine's files are not changed):
   base              the engine as shipped (Reader block 1, as the CLI on a CPU)
   block4            Reader(block=4): four chunks layer-major per sweep
@@ -11,6 +13,8 @@ Variants (each applied around one read, then undone; the engine's files are not 
   no_kv_only        the stock decoder layer over every row (slots get queries, o_proj and MLP)
   no_dense          the quantised kernels inside every call
   no_sink_cache     the sink's states recomputed at every read() call
+  compile           the prefix layer compiled (fused.py), as COMET_COMPILE=1; its compile time is in the
+                    warm-up, not in the timed read
   none              all three off: the engine before these optimisations
   none_block4       the same with Reader(block=4)
 Every variant is checked against base on the same text: the memory states must agree (up to rounding:
@@ -43,6 +47,17 @@ def threads(n: int):
 
 
 @contextmanager
+def compiled(comet, on: bool = True):
+    """The prefix layer as fused.py's compiled function (on) or in eager PyTorch, prefix.py (off)."""
+    old = comet.compile
+    comet.compile = on
+    try:
+        yield
+    finally:
+        comet.compile = old
+
+
+@contextmanager
 def no_kv_only(comet):
     """The stock decoder layer over [prefix; body] (every row gets queries, o_proj and the MLP)."""
     import comet_core.model as engine
@@ -54,7 +69,8 @@ def no_kv_only(comet):
     orig = engine.layer_with_prefix
     engine.layer_with_prefix = stock
     try:
-        yield
+        with compiled(comet, False):
+            yield
     finally:
         engine.layer_with_prefix = orig
 
@@ -92,7 +108,7 @@ def no_sink_cache(comet):
 
 @contextmanager
 def none(comet):
-    with no_kv_only(comet), no_dense(comet), no_sink_cache(comet):
+    with no_kv_only(comet), no_dense(comet), no_sink_cache(comet), compiled(comet, False):
         yield
 
 
@@ -103,6 +119,7 @@ VARIANTS: dict[str, tuple[int, Callable]] = {  # name -> (block, context factory
     "no_kv_only": (1, no_kv_only),
     "no_dense": (1, no_dense),
     "no_sink_cache": (1, no_sink_cache),
+    "compile": (1, compiled),
     "none": (1, none),
     "none_block4": (4, none),
 }

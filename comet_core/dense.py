@@ -66,11 +66,12 @@ def merged(m: nn.Module, dtype: torch.dtype) -> torch.Tensor | None:
 
 
 @contextmanager
-def dense_weights(layer: nn.Module, dtype: torch.dtype = torch.bfloat16) -> Iterator[None]:
+def dense_weights(layer: nn.Module, dtype: torch.dtype = torch.bfloat16) -> Iterator[dict[str, torch.Tensor]]:
     """Within the block, every quantised or LoRA-wrapped linear inside `layer` computes with its dense
-    weight (dequantised, LoRA folded in) made once."""
-    mods, inside_lora = [], set()
-    for m in layer.modules():
+    weight (dequantised, LoRA folded in) made once. Yields those weights by module name
+    ("self_attn.q_proj": [out, in]) for callers that run the layer's maths themselves (fused.py)."""
+    mods, inside_lora, weights = [], set(), {}
+    for name, m in layer.named_modules():
         if id(m) in inside_lora:
             continue
         w = merged(m, dtype)
@@ -81,8 +82,9 @@ def dense_weights(layer: nn.Module, dtype: torch.dtype = torch.bfloat16) -> Iter
         if w is not None:
             m.forward = partial(_forward, m, w)  # instance attribute: shadows the class's forward
             mods.append(m)
+            weights[name] = w
     try:
-        yield
+        yield weights
     finally:
         for m in mods:
             del m.forward

@@ -18,7 +18,8 @@ same in every chunk: `sink_states` computes it once (once per set of weights wit
 is put in front at each layer.
 
 Without autograd each layer visit runs on dense weights made once (dense.py: 4-bit weights dequantised,
-LoRA folded in).
+LoRA folded in), and the prefix layer (prefix.py) runs as one compiled function (fused.py) unless
+`compile` is off.
 
 `read()` sweeps a block of chunks layer-major (for each layer, every chunk of the block); a block of one
 chunk is the ordinary chunk-major order. Both give identical results because cell (i, l) depends only on
@@ -28,7 +29,7 @@ chunk is the ordinary chunk-major order. Both give identical results because cel
 from __future__ import annotations
 
 import hashlib
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import replace
 
 import torch
@@ -36,6 +37,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 from transformers import DynamicCache
 
+from . import fused
 from .config import FAMILIES, CometConfig
 from .dense import dense_weights
 from .layout import ChunkLayout, build_layout, plan_layouts
@@ -57,6 +59,8 @@ def _check_backbone(lm: nn.Module) -> None:
 class CometModel:
     """A backbone plus its CoMeT memory module. Holds no per-read state: that is a MemoryState."""
 
+    compile: bool = fused.enabled()  # reading's layer visits through torch.compile (fused.py)
+
     def __init__(self, lm: nn.Module, mem: CometMemory):
         _check_backbone(lm)
         self.lm, self.mem, self.cfg = lm, mem, mem.cfg
@@ -71,6 +75,7 @@ class CometModel:
         mem.attach_lora(self.layers)
         self._rope: tuple[torch.Tensor, torch.Tensor] | None = None
         self._sinks: tuple[tuple, list[torch.Tensor | None]] | None = None  # (key, states) of the last no-grad call
+        self._fused: tuple[list, dict] | None = None  # layer_fn's weights during a no-grad layer visit
         cfg = lm.config
         self.sink_id = next((t for t in (cfg.bos_token_id, cfg.eos_token_id, 0) if isinstance(t, int)), 0)
         if self.cfg.max_chunk_len() > self.max_positions:
@@ -132,8 +137,18 @@ class CometModel:
 
     def dense(self, l: int):
         """Context for one visit of layer l: without autograd, quantised weights are dequantised and LoRA
-        folded in once (dense.py)."""
-        return nullcontext() if torch.is_grad_enabled() else dense_weights(self.layers[l], self.dtype)
+        folded in once (dense.py); with `compile`, the visit's weights are kept for fused.py."""
+        return nullcontext() if torch.is_grad_enabled() else self._dense_visit(l)
+
+    @contextmanager
+    def _dense_visit(self, l: int):
+        layer = self.layers[l]
+        with dense_weights(layer, self.dtype) as w:
+            self._fused = fused.layer_weights(layer, w) if self.compile and fused.supported(layer) else None
+            try:
+                yield
+            finally:
+                self._fused = None
 
     def run_layer(self, l: int, body: torch.Tensor, mem: torch.Tensor | None, sink: torch.Tensor | None,
                   cache=None, start: int = 0) -> torch.Tensor:
@@ -145,6 +160,9 @@ class CometModel:
         x = torch.cat([*prefix, body], dim=1) if prefix else body
         cos, sin = self.rope(start + x.shape[1])
         if prefix and cache is None and start == 0:
+            if self._fused is not None:
+                w, hints = self._fused
+                return fused.compiled()(x, x.shape[1] - body.shape[1], cos, sin, w, **hints)
             return layer_with_prefix(self.layers[l], x, x.shape[1] - body.shape[1], cos, sin)
         out = self.layers[l](x, attention_mask=None, cache=cache, use_cache=cache is not None,
                              position_embeddings=(cos[:, start:], sin[:, start:]))

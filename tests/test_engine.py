@@ -241,3 +241,28 @@ def test_sink_states_are_cached_until_a_weight_changes():
     assert b is not a and torch.equal(a[0], b[0]) and not torch.equal(a[1], b[1])
     fresh = m.sink_states()  # autograd on: computed, never cached
     assert fresh is not b and m.sink_states() is not fresh
+
+
+def test_compiled_layer_visit_equals_eager(monkeypatch):
+    """fused.py (COMET_COMPILE=1) computes what prefix.py does: the same states and hidden states, chunk
+    sizes varying (growing queue, a short last chunk) through one dynamic-shape graph."""
+    from comet_core import fused
+
+    calls = []
+    compiled = fused.compiled
+    monkeypatch.setattr(fused, "compiled", lambda: calls.append(1) or compiled())
+    m = make("qwen3", CometConfig(chunk_size=24, stride=4, n_global=4, budget=10, lora_rank=4))
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for p in m.mem.parameters():
+            p.add_(0.02 * torch.randn(p.shape, generator=g))
+    chunks = [torch.randint(3, 384, (1, n), generator=g) for n in (24, 24, 24, 17)]
+    out = {}
+    for on in (False, True):
+        m.compile = on
+        with torch.no_grad():
+            out[on] = m.read(MemoryState.empty(m.n_layers), chunks, return_hidden=True)
+    (a, ha), (b, hb) = out[False], out[True]
+    for x, y in zip(a.global_state + a.temp + ha, b.global_state + b.temp + hb, strict=True):
+        torch.testing.assert_close(y, x, atol=1e-5, rtol=1e-5)
+    assert len(calls) == m.n_layers * len(chunks)  # every prefix layer visit went through the compiled graph
