@@ -7,6 +7,7 @@ scaling test goes through real child processes once, as the full runs do.
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from bench import (  # noqa: E402
     attention,
     common,
     experiments,
+    gates,
     generation,
     grad_flow,
     hw_limit,
@@ -178,6 +180,14 @@ def test_grad_flow_reaches_every_context_chunk(tiny_data):
     r = grad_flow.main(["--model", str(model), "--chunks", "2", "--chunk-size", "64", "--threads", "1"])
     assert len(r["embed_grad_per_token"]) == 3 and all(g > 0 for g in r["embed_grad_per_token"])
     assert len(r["layers"]) == 2 and r["beacon_grad"]["temp"] > 0
+
+
+def test_gates_records_every_chunk_and_layer(in_process):
+    model, root, _ = in_process
+    r = gates.main(["--model", str(model), "--chunks", "4", "--json-out", str(root / "gates.json"), *MEMORY])
+    assert len(r["per_chunk"]) == 3 and len(r["layers"]) == 2  # no gate at the first chunk
+    g, hl = r["overall"]["mean_gate"], r["overall"]["half_life_chunks"]
+    assert 0 < g < 1 and 0 < hl <= math.log(0.5) / math.log(g) + 1e-9  # Jensen: mean log g <= log mean g
 
 
 def test_prose_stream_and_sizes():
