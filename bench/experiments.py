@@ -1,7 +1,7 @@
 """Engine optimisations, measured: reading speed with each of the engine's optimisations switched off.
 
 The engine (comet_core) reads with three optimisations that came out of this script's prototypes, and has
-a fourth that is off by default (its compile time outweighs its gain below ~200k tokens):
+a fourth that is off by default (its gain was within the noise, its compile time 11-33 s):
   kv_only     the memory slots and the sink only give keys/values (comet_core/prefix.py)
   dense       quantised weights dequantised to bf16 (LoRA folded in) once per layer visit (comet_core/dense.py)
   sink_cache  the sink token's per-layer states computed once, not at every read() call

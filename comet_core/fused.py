@@ -9,8 +9,9 @@ chunk size (dynamic shapes). Inference only.
 
 Off by default: it does not pay for itself on ordinary reads. Measured on a 2-core Xeon (AMX), 4bit,
 SmolLM2: compiling takes ~33 s the first time and ~11 s in every later process (inductor's on-disk cache
-warm), and it reads 7-14% faster after that, so it wins only past ~200k tokens. Switch it on for very
-long reads with COMET_COMPILE=1 (or `CometModel.compile = True`); bench/experiments.py measures it
+warm); its reading speed was -9% to +14% of the eager path's in three runs (this VM's run-to-run noise),
+so even at its best it repays the 11 s only past ~100k tokens. Switch it on for very long reads with
+COMET_COMPILE=1 (or `CometModel.compile = True`); bench/experiments.py measures it
 (variant `compile`).
 """
 
