@@ -1,22 +1,22 @@
 """Engine optimisations, measured: reading speed with each of the engine's optimisations switched off.
 
-The engine (comet_core) reads with three optimisations that came out of this script's prototypes, and has
-a fourth that is off by default (its gain was within the noise, its compile time 11-33 s):
+The engine (comet_core) reads in blocks of chunks, with three optimisations that came out of this script's
+prototypes, and has a fourth that is off by default (its gain was within the noise, its compile time 11-33 s):
   kv_only     the memory slots and the sink only give keys/values (comet_core/prefix.py)
   dense       quantised weights dequantised to bf16 (LoRA folded in) once per layer visit (comet_core/dense.py)
   sink_cache  the sink token's per-layer states computed once, not at every read() call
   compile     the prefix layer as one torch.compile'd function (comet_core/fused.py; COMET_COMPILE=1)
 Variants (each applied around one read, then undone; the engine's files are not changed):
-  base              the engine as shipped (Reader block 1, as the CLI on a CPU)
-  block4            Reader(block=4): four chunks layer-major per sweep
+  base              the engine as shipped (Reader(block=CPU_BLOCK): 4 chunks layer-major per sweep, as the
+                    CLI on a CPU)
+  block1            Reader(block=1): one chunk at a time (each layer's weights dequantised per chunk)
   threads1          torch.set_num_threads(1)
   no_kv_only        the stock decoder layer over every row (slots get queries, o_proj and MLP)
   no_dense          the quantised kernels inside every call
   no_sink_cache     the sink's states recomputed at every read() call
   compile           the prefix layer compiled (fused.py), as COMET_COMPILE=1; its compile time is in the
                     warm-up, not in the timed read
-  none              all three off: the engine before these optimisations
-  none_block4       the same with Reader(block=4)
+  none              the three off, block 1: the engine before these optimisations
 Every variant is checked against base on the same text: the memory states must agree (up to rounding:
 the dense GEMM and the quantised kernel round differently).
 
@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 
 from bench import common as C
+from comet_core.reader import CPU_BLOCK
 
 
 @contextmanager
@@ -113,15 +114,14 @@ def none(comet):
 
 
 VARIANTS: dict[str, tuple[int, Callable]] = {  # name -> (block, context factory(comet))
-    "base": (1, lambda m: ExitStack()),
-    "block4": (4, lambda m: ExitStack()),
-    "threads1": (1, lambda m: threads(1)),
-    "no_kv_only": (1, no_kv_only),
-    "no_dense": (1, no_dense),
-    "no_sink_cache": (1, no_sink_cache),
-    "compile": (1, compiled),
+    "base": (CPU_BLOCK, lambda m: ExitStack()),
+    "block1": (1, lambda m: ExitStack()),
+    "threads1": (CPU_BLOCK, lambda m: threads(1)),
+    "no_kv_only": (CPU_BLOCK, no_kv_only),
+    "no_dense": (CPU_BLOCK, no_dense),
+    "no_sink_cache": (CPU_BLOCK, no_sink_cache),
+    "compile": (CPU_BLOCK, compiled),
     "none": (1, none),
-    "none_block4": (4, none),
 }
 
 

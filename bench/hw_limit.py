@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from bench import common as C
+from comet_core.reader import CPU_BLOCK
 
 MIN_S = 0.4  # seconds per micro-benchmark (--min-seconds)
 
@@ -145,7 +146,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     C.add_model_args(ap, precisions="4bit,bf16")
     ap.add_argument("--tokens", default="32k", help="text tokens read per precision (after a warm-up)")
-    ap.add_argument("--block", type=int, default=1, help="chunks per layer-major block")
+    ap.add_argument("--block", type=int, default=CPU_BLOCK,
+                    help="chunks per layer-major block (default: the CLI's on a CPU)")
     ap.add_argument("--sizes", default="1024,2048,4096", help="square matmul sizes for the peak")
     ap.add_argument("--dense-chunks", type=int, default=16)
     ap.add_argument("--min-seconds", type=float, default=0.4, help="time per micro-benchmark")

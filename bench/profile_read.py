@@ -18,6 +18,7 @@ from pathlib import Path
 from torch.profiler import ProfilerActivity, profile, record_function
 
 from bench import common as C
+from comet_core.reader import CPU_BLOCK
 
 CATEGORIES = (  # first match wins; matched against the op name
     ("4-bit (bitsandbytes: dequantise, few-row kernel)", ("bitsandbytes::", "gemv_4bit", "dequantize_4bit")),
@@ -98,7 +99,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     C.add_model_args(ap, precisions="4bit")
     ap.add_argument("--chunks", type=int, default=16, help="chunks read per measurement")
-    ap.add_argument("--block", type=int, default=1)
+    ap.add_argument("--block", type=int, default=CPU_BLOCK,
+                    help="chunks per layer-major block (default: the CLI's on a CPU)")
     ap.add_argument("--top", type=int, default=20, help="ops listed")
     a = ap.parse_args(argv)
     warn = C.other_load()

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from bench import common as C
 from comet_cli.plot import pyplot, save
+from comet_core.reader import CPU_BLOCK
 
 
 def child(p: dict) -> dict:
@@ -117,7 +118,8 @@ def main(argv: list[str] | None = None) -> dict | None:
     C.add_model_args(ap)
     ap.add_argument("--lengths", default="4k,16k,64k,256k", help="text tokens per run (k = 1024, M = 1024²)")
     ap.add_argument("--with-1m", action="store_true", help="add a 1M-token run (about 17-20 min per precision)")
-    ap.add_argument("--block", type=int, default=1, help="chunks per layer-major block (Reader(block=k))")
+    ap.add_argument("--block", type=int, default=CPU_BLOCK,
+                    help="chunks per layer-major block, Reader(block=k) (default: the CLI's on a CPU)")
     ap.add_argument("--piece-chars", type=int, default=65536, help="characters per piece fed to the reader")
     ap.add_argument("--dense-chunks", type=int, default=16, help="512-token chunks in the dense baseline (0: skip)")
     ap.add_argument("--plot", type=Path, default=None, help="PNG path (default bench/results/scaling.png)")

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from bench import common as C
+from comet_core.reader import CPU_BLOCK
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -22,7 +23,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--configs", default="256/8/16/64,512/8/16/64,1024/8/16/64,512/8/32/128,512/16/16/64,"
                                           "512/8/64/256", help="c/s/G/B_T, comma separated")
     ap.add_argument("--tokens", default="16k", help="text tokens per setting")
-    ap.add_argument("--block", type=int, default=1)
+    ap.add_argument("--block", type=int, default=CPU_BLOCK,
+                    help="chunks per layer-major block (default: the CLI's on a CPU)")
     a = ap.parse_args(argv)
     from comet_core.config import CometConfig
     from comet_core.model import CometModel

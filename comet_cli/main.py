@@ -499,18 +499,22 @@ class ReadOpts:
 
 
 class StopFlag:
-    """SIGINT during a read: ask the reader to stop after the current chunk; a second one quits at once."""
+    """SIGINT (Ctrl-C) or SIGTERM (`kill`, `timeout`, a service manager) during a read: ask the reader to
+    stop after the current chunk; a second one quits at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self, display: Display):
-        self.display, self.set, self._old = display, False, None
+        self.display, self.set, self._old = display, False, {}
         self.quit_note = "nothing saved"  # what a second Ctrl-C leaves behind
 
     def __enter__(self) -> StopFlag:
-        self._old = signal.signal(signal.SIGINT, self._handler)
+        self._old = {s: signal.signal(s, self._handler) for s in self.SIGNALS}
         return self
 
     def __exit__(self, *exc) -> None:
-        signal.signal(signal.SIGINT, self._old)
+        for s, old in self._old.items():
+            signal.signal(s, old)
 
     def _handler(self, signum, frame) -> None:
         if self.set:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from dataclasses import asdict, fields
 
@@ -160,6 +161,10 @@ def train(quiet: bool, verbose: bool, as_json: bool, threads: int | None, **kw) 
         elif verbose:
             progress.console.print(line, highlight=False)  # above the bar
 
+    def stop(signum, frame):  # `kill`, `timeout`, a service manager: stop as Ctrl-C does
+        raise KeyboardInterrupt
+
+    old_term = signal.signal(signal.SIGTERM, stop)
     try:
         with progress:
             last = run_train(args, on_step)
@@ -172,6 +177,8 @@ def train(quiet: bool, verbose: bool, as_json: bool, threads: int | None, **kw) 
                 else "every completed step is saved")
         click.echo(f"comet: interrupted ({kept}): continue with `comet train --out {args.out} --resume`", err=True)
         sys.exit(130)
+    finally:
+        signal.signal(signal.SIGTERM, old_term)
     if os.environ.get("RANK", "0") != "0":
         return
     adapter = os.path.join(args.out, "adapter.safetensors")

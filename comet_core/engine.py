@@ -32,7 +32,7 @@ from .loading import DEFAULT_MODEL, Loaded, ModelError, load_model, model_finger
 from .memory import MemoryState
 from .model import CometModel
 from .prompt import question_ids, stop_ids
-from .reader import Reader
+from .reader import CPU_BLOCK, Reader
 
 SHIPPED = "shipped"  # adapter="shipped": the adapter that ships for the model (comet_core/adapters/), if any
 
@@ -135,8 +135,9 @@ class Engine:
 
     def reader(self, state: MemoryState | None = None, should_stop: Callable[[], bool] | None = None,
                on_chunks: Callable[[MemoryState], None] | None = None) -> Reader:
-        """A streaming reader on this model (layer-major blocks of 8 chunks on an accelerator)."""
-        block = 1 if self.model.device.type == "cpu" else 8
+        """A streaming reader on this model (layer-major blocks of CPU_BLOCK chunks on a CPU, 8 on an
+        accelerator)."""
+        block = CPU_BLOCK if self.model.device.type == "cpu" else 8
         return Reader(self.model, self.tok, state, block=block, should_stop=should_stop, on_chunks=on_chunks)
 
     def read(self, pieces: Iterable[str] | str, state: MemoryState | None = None) -> MemoryState:

@@ -21,6 +21,9 @@ from .memory import MemoryState
 from .model import CometModel
 
 TOKENIZE_WINDOW = 16_384  # characters tokenized at a time
+# Chunks per layer-major block on a CPU: each layer's weights are dequantised once per block instead of
+# once per chunk, with identical results (bench.experiments: +5% on an EPYC, +12% on a Xeon over block 1).
+CPU_BLOCK = 4
 FORCE_CUT = 4 * TOKENIZE_WINDOW  # text with no safe cut point this long is cut anyway
 
 

@@ -338,15 +338,15 @@ def test_broken_pipe_exits_quietly(env, saved):
     assert proc.returncode == PIPE and err == b"", err.decode()
 
 
-def interrupt_after(args: list, env: dict, ready) -> subprocess.CompletedProcess:
-    """Run comet -v, send SIGINT once `ready(lines so far)` is true, return the finished process."""
+def interrupt_after(args: list, env: dict, ready, sig: int = signal.SIGINT) -> subprocess.CompletedProcess:
+    """Run comet -v, send `sig` once `ready(lines so far)` is true, return the finished process."""
     proc = subprocess.Popen(comet_cmd() + [str(x) for x in args] + ["-v"], stderr=subprocess.PIPE,
                             stdout=subprocess.PIPE, env=env)
     lines = []
     for raw in proc.stderr:
         lines.append(raw.decode())
         if ready(lines):
-            proc.send_signal(signal.SIGINT)
+            proc.send_signal(sig)
             break
     out, err = proc.communicate(timeout=900)
     return subprocess.CompletedProcess(args, proc.returncode, out, "".join(lines).encode() + err)
@@ -405,6 +405,22 @@ def test_ctrl_c_saves_and_rerun_resumes_to_the_same_state(tmp_path, env, tiny):
     assert p.returncode == INTERRUPTED
     text.write_text("changed\n" + text.read_text())
     one_line_error(run(["read", text, pdf, "--save", part, "-q", *a], env), 1, "changed since the interrupted read")
+
+
+def test_sigterm_stops_a_read_like_ctrl_c(env, tiny, tmp_path):
+    """`kill`, `timeout` or a service manager send SIGTERM: the read stops after the chunk, saves where it
+    is, and the same command resumes."""
+    text = tmp_path / "long.txt"
+    text.write_text("\n".join(words(150, 23)) + "\n")
+    part = tmp_path / "part.comet"
+    a = tiny_args(tiny)
+    p = interrupt_after(["read", text, "--save", part, *a], env, lambda ls: sum("tok/s now" in x for x in ls) >= 2,
+                        sig=signal.SIGTERM)
+    err = p.stderr.decode()
+    assert p.returncode == INTERRUPTED and "run the same command to resume" in err and "Traceback" not in err, err
+    assert meta_of(part)["interrupted"]["done"] == 0
+    p = run(["read", text, "--save", part, "--json", *a], env)
+    assert p.returncode == OK and json.loads(p.stdout)["resumed"] is True, p.stderr.decode()
 
 
 def test_ctrl_c_without_save(env, tiny, tmp_path):

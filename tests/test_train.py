@@ -177,6 +177,43 @@ def test_ctrl_c_keeps_every_completed_step(env, monkeypatch):
     assert train(args)["step"] == 4
 
 
+def test_sigterm_stops_comet_train_like_ctrl_c(env, monkeypatch):
+    """`kill` (or timeout, a service manager) on `comet train`: the completed steps are saved, exit 130, and
+    the run resumes; a background `comet train &` ignores SIGINT, so SIGTERM is how such a run is stopped."""
+    import os
+    import signal
+
+    from click.testing import CliRunner
+
+    import comet_core.train.trainer as trainer
+    from comet_cli.main import cli
+
+    monkeypatch.setenv("COMET_DATA", str(env / "data"))
+    real = trainer.train
+
+    def kill_at_step_2(args, on_step=None):
+        def hook(record: dict) -> None:
+            on_step(record)
+            if record["step"] == 2:
+                os.kill(os.getpid(), signal.SIGTERM)
+        return real(args, hook)
+
+    monkeypatch.setattr(trainer, "train", kill_at_step_2)
+    out = env / "run_term"
+    flags = ["--model", str(env / "model"), "--precision", "fp32", "--chunk-size", "256", "--n-global", "4",
+             "--budget", "16", "--lora-rank", "2", "--steps", "10", "--accum", "1", "--save-every", "10",
+             "--eval-every", "0", "--threads", str(torch.get_num_threads()), "-q"]
+    before = signal.getsignal(signal.SIGTERM)
+    r = CliRunner().invoke(cli, ["train", "--out", str(out), *flags])
+    assert r.exit_code == 130 and "every completed step is saved" in r.stderr, r.stderr
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler is only there while training
+    meta, _ = read_adapter(out / "adapter.safetensors")
+    assert meta["notes"]["trained_steps"] == 2  # saved at the signal, not at the 10-step checkpoint
+    monkeypatch.setattr(trainer, "train", real)
+    r = CliRunner().invoke(cli, ["train", "--out", str(out), *flags, "--resume", "--steps", "3", "--json"])
+    assert r.exit_code == 0 and json.loads(r.stdout)["step"] == 3, r.stderr
+
+
 def test_resume_at_the_target_step_trains_nothing_and_says_so(env, monkeypatch):
     from click.testing import CliRunner
 
