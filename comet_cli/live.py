@@ -248,7 +248,7 @@ class PlainDisplay(Display):
         super().stopping()
         # called from the SIGINT handler: a raw write, no locks
         try:
-            os.write(2, b"comet: stopping after the current chunk (Ctrl-C again to quit at once)\n")
+            os.write(2, b"comet: stopping after the chunks in progress (Ctrl-C again to quit at once)\n")
         except OSError:
             pass
 
@@ -364,7 +364,7 @@ class LiveDisplay(Display):
                                f"state {fmt_bytes(s.state_bytes)}")
         if s.answer_t0 is not None:
             grid.add_row("answer", f"{s.answer_tokens} tokens · {s.answer_rate:.1f} tok/s")
-        status = "stopping after this chunk (Ctrl-C again to quit at once)" if s.stopping else s.phase
+        status = "stopping after the chunks in progress (Ctrl-C again to quit at once)" if s.stopping else s.phase
         title = f"comet {s.command} · {s.model}" if s.model else f"comet {s.command}"
         parts = [grid]
         if self._answer_in_panel and s.answer:

@@ -500,7 +500,7 @@ class ReadOpts:
 
 class StopFlag:
     """SIGINT (Ctrl-C) or SIGTERM (`kill`, `timeout`, a service manager) during a read: ask the reader to
-    stop after the current chunk; a second one quits at once."""
+    stop after the current block of chunks; a second one quits at once."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 

@@ -120,9 +120,11 @@ def test_profile_read_groups_time(in_process):
 def test_experiments_variants_agree_with_the_engine(in_process):
     model, root, _ = in_process
     res = experiments.main(["--model", str(model), "--precisions", "4bit", "--tokens", "96", "--rounds", "1",
-                            "--variants", "base,no_kv_only,no_sink_cache,none_block4",
+                            "--variants", "base,block1,no_kv_only,no_sink_cache,none",
                             "--json-out", str(root / "exp.json"), *MEMORY])
     rows = res["precisions"]["4bit"]
+    assert rows["base"]["block"] == 4 and rows["block1"]["block"] == 1
+    assert rows["block1"]["state_diff"] == 0  # chunk-major and layer-major reading agree exactly
     assert rows["no_kv_only"]["state_diff"] < 1e-2  # same computation, more rows
     assert rows["no_sink_cache"]["state_diff"] == 0
     assert all(r["tok_s"] > 0 for r in rows.values())

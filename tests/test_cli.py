@@ -353,9 +353,9 @@ def interrupt_after(args: list, env: dict, ready, sig: int = signal.SIGINT) -> s
 
 
 def test_ctrl_c_saves_and_rerun_resumes_to_the_same_state(tmp_path, env, tiny):
-    text = tmp_path / "part1.txt"
-    text.write_text("\n".join(words(150, 21)) + "\n")
-    pdf = make_pdf(tmp_path / "part2.pdf", [words(20, 30 + p) for p in range(10)])
+    text = tmp_path / "part1.txt"  # ~15k tokens, ~30 chunks: progress comes once per block of 4 chunks
+    text.write_text("\n".join(words(600, 21)) + "\n")
+    pdf = make_pdf(tmp_path / "part2.pdf", [words(80, 30 + p) for p in range(10)])
     a = tiny_args(tiny)
     full, part = tmp_path / "full.comet", tmp_path / "part.comet"
     p = run(["read", text, pdf, "--save", full, "-q", *a], env)
@@ -408,10 +408,10 @@ def test_ctrl_c_saves_and_rerun_resumes_to_the_same_state(tmp_path, env, tiny):
 
 
 def test_sigterm_stops_a_read_like_ctrl_c(env, tiny, tmp_path):
-    """`kill`, `timeout` or a service manager send SIGTERM: the read stops after the chunk, saves where it
-    is, and the same command resumes."""
+    """`kill`, `timeout` or a service manager send SIGTERM: the read stops after the chunks in progress,
+    saves where it is, and the same command resumes."""
     text = tmp_path / "long.txt"
-    text.write_text("\n".join(words(150, 23)) + "\n")
+    text.write_text("\n".join(words(600, 23)) + "\n")
     part = tmp_path / "part.comet"
     a = tiny_args(tiny)
     p = interrupt_after(["read", text, "--save", part, *a], env, lambda ls: sum("tok/s now" in x for x in ls) >= 2,
