@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     warn = C.other_load()
     e = C.load_engine(C.model_params(a), a.precisions.split(",")[0])
-    gates: list[torch.Tensor] = []  # one [B, G, 1] per (chunk, layer) in call order
+    gates: list[torch.Tensor] = []  # one flattened [B*G] per (chunk, layer), in call order
     orig = GlobalMemoryNet.gate
 
     def gate(self, cur: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
