@@ -22,6 +22,7 @@ import os
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers.models.llama.modeling_llama import apply_rotary_pos_emb  # qwen2 / qwen3 use the same
 
 PROJ = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
         "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
@@ -47,12 +48,6 @@ def _rms(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
     return w * h.to(x.dtype)
 
 
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x [B, H, S, hd], cos/sin [1, 1, S, hd]: rotate-half RoPE."""
-    h = x.shape[-1] // 2
-    return x * cos + torch.cat((-x[..., h:], x[..., :h]), dim=-1) * sin
-
-
 def _lin(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
     return F.linear(x.to(w.dtype), w, None if b is None else b.to(w.dtype)).to(x.dtype)
 
@@ -71,8 +66,7 @@ def layer_fn(x: torch.Tensor, p: int, cos: torch.Tensor, sin: torch.Tensor, w: l
     v = _lin(h, wv, bv).view(b, s, n_kv, head_dim).transpose(1, 2)
     if qn is not None:  # qwen3
         q, k = _rms(q, qn, eps), _rms(k, kn, eps)
-    cos, sin = cos[:, None], sin[:, None]  # [1, 1, S, hd]
-    q, k = _rotate(q.transpose(1, 2), cos, sin), _rotate(k.transpose(1, 2), cos, sin)  # [B, H, S, hd]
+    q, k = apply_rotary_pos_emb(q.transpose(1, 2), k.transpose(1, 2), cos, sin)  # [B, H, S, hd]
     o = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scaling,
                                        enable_gqa=n_heads != n_kv)  # [B, Hq, S, hd]
     y = x[:, p:] + _lin(o[:, :, p:].transpose(1, 2).reshape(b, s - p, -1), wo, bo)
@@ -102,11 +96,8 @@ def layer_weights(layer: nn.Module, dense: dict[str, torch.Tensor]) -> tuple[lis
     def norm(name: str) -> torch.Tensor | None:
         return getattr(attn, name).weight if hasattr(attn, name) else None
 
-    mats = [dense.get(n, None) for n in PROJ]
-    for i, n in enumerate(PROJ):
-        if mats[i] is None:  # a plain (unquantised, no LoRA) linear
-            mats[i] = layer.get_submodule(n).weight
-    wq, wk, wv, wo, wg, wu, wd = mats
+    # a linear the visit did not densify is plain (unquantised, no LoRA): its own weight
+    wq, wk, wv, wo, wg, wu, wd = (dense[n] if n in dense else layer.get_submodule(n).weight for n in PROJ)
     w = [layer.input_layernorm.weight, wq, wk, wv, wo, wg, wu, wd, layer.post_attention_layernorm.weight,
          bias(PROJ[0]), bias(PROJ[1]), bias(PROJ[2]), bias(PROJ[3]), norm("q_norm"), norm("k_norm")]
     cfg = attn.config

@@ -18,8 +18,8 @@ same in every chunk: `sink_states` computes it once (once per set of weights wit
 is put in front at each layer.
 
 Without autograd each layer visit runs on dense weights made once (dense.py: 4-bit weights dequantised,
-LoRA folded in), and the prefix layer (prefix.py) runs as one compiled function (fused.py) unless
-`compile` is off.
+LoRA folded in); with `compile` on (COMET_COMPILE=1, off by default) the prefix layer (prefix.py) runs as
+one compiled function (fused.py).
 
 `read()` sweeps a block of chunks layer-major (for each layer, every chunk of the block); a block of one
 chunk is the ordinary chunk-major order. Both give identical results because cell (i, l) depends only on
