@@ -240,3 +240,21 @@ def test_in_memory_keeps_the_needle_out_of_the_live_chunk(tmp_path, monkeypatch,
     assert needle_leaks.leaks(1.0, task, levels, tok, cfg, random_plan=0.5, priming=c) == 0
     assert needle_leaks.leaks(0.0, task, levels, tok, cfg, random_plan=0.5, priming=c) > 0  # the check can see them
     assert needle_leaks.leaks(0.0, task, levels, tok, cfg, random_plan=0.5) == 0  # priming 0: nothing stays live
+
+
+def test_fact_errors_counts_training_values_among_wrong_answers(tmp_path, capsys):
+    from bench import fact_errors
+    from comet_core.tasks import generators as gen
+
+    held = gen._split_pool(gen._JOBS, "eval")[0]
+    train = gen._split_pool(gen._JOBS, "train")
+    rows = [{"system": "comet", "answers": str([held]), "prediction": held, "acc": "1.0"},
+            {"system": "comet", "answers": str([held]), "prediction": train[0] + ".", "acc": "0.0"},
+            {"system": "comet", "answers": str([held]), "prediction": "a doctor", "acc": "0.0"},
+            {"system": "comet", "answers": str(["Monday"]), "prediction": "Sunday", "acc": "0.0"},  # shared pool
+            {"system": "full", "answers": str([held]), "prediction": train[1], "acc": "0.0"}]
+    (tmp_path / "fact-4k.json").write_text(json.dumps({"rows": rows}))
+    r = fact_errors.fact_errors(tmp_path)
+    assert (r["eval_only_questions"], r["right"], r["wrong"], r["wrong_with_a_training_value"]) == (3, 1, 2, 1)
+    fact_errors.main([str(tmp_path)])
+    assert f"| {tmp_path} | 3 | 1 | 2 | 1 |" in capsys.readouterr().out

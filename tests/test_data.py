@@ -332,6 +332,28 @@ def test_fact_sample_hides_one_sentence_and_eval_uses_held_out_names_and_phrasin
     assert words <= set(gen._COLORS) | set(gen._DAYS), words  # only the small shared pools may repeat
 
 
+def test_training_facts_draw_from_open_pools_that_no_prior_can_guess(tok):
+    """Training values come from thousands (values.py), so a model cannot answer a fact by guessing among
+    a few dozen known values; no training value shares a word with an eval value."""
+    from comet_core.tasks import generators as gen
+
+    held = {w.lower() for pool in (gen._CITIES, gen._JOBS, gen._PET_NAMES, gen._LAST)
+            for x in gen._split_pool(pool, "eval") for w in x.replace("-", " ").split()}
+    for name in ("city", "job", "pet_name", "last", "color"):
+        pool = gen._train_pool(name)
+        assert len(pool) >= (40 if name == "color" else 250), (name, len(pool))
+        assert all(not held & {w.lower() for w in x.replace("-", " ").split()} for x in pool), name
+        assert all(x.isascii() and x.strip() == x and x for x in pool), name
+    answers = [data.make_sample("fact", tok, 400, random.Random(s), "train").answer for s in range(80)]
+    words = [a for a in answers if not a.isdigit() and a not in gen._DAYS]
+    assert len(set(words)) >= 0.9 * len(words), words  # nearly every value is new
+    assert any(gen.article(j) == "an " + j for j in gen._train_pool("job") if j[0] in "aeiou")
+    jobs = [s for s in (data.make_sample("fact", tok, 400, random.Random(i), split)
+                        for i in range(60) for split in ("train", "eval")) if s.meta["relation"] == "job"]
+    assert jobs and all(gen.article(s.answer) in s.meta["needle"] or "the local" in s.meta["needle"]
+                        for s in jobs)  # "an astronomer", "a pilot"
+
+
 def test_passkey_eval_split_is_phrased_differently(tok):
     import itertools
 

@@ -4,6 +4,7 @@ tokens, an ``rng`` (``random.Random``: the only source of randomness, so a seed 
 
 from __future__ import annotations
 
+import functools
 import random
 import re
 import string
@@ -15,6 +16,7 @@ from typing import Any
 
 from .corpus import SPLITS, _docs_cached, _hash01, _root, _split_items, _squad
 from .haystack import LENGTH_TOLERANCE, _depth, _haystack, _Insert, _ntok, _prose_stream, _Stream, _Unit, _units
+from .values import article, open_pools
 
 TASKS: tuple[str, ...] = ("passkey", "fact", "needle_qa", "multi_needle", "vartrack", "recall", "lm")
 
@@ -102,12 +104,42 @@ def make_passkey(tokenizer: Any, n_tokens: int, rng: random.Random, split: str =
 # words. Names and values are split by hash (an eval sample's people, cities and pets never appear in
 # training), and so are the phrasings: each relation has train and eval statements and questions.
 _FACT_EVAL_FRACTION = 0.25  # of each pool of names and values (small pools: a quarter keeps eval varied)
+_TOML_POOLS = {"city": _CITIES, "job": _JOBS, "pet_name": _PET_NAMES, "last": _LAST, "color": _COLORS}
+
+
+def _is_eval(x: str) -> bool:
+    return _hash01(f"fact:{x}") < _FACT_EVAL_FRACTION
+
+
+def _value(rng: random.Random, field: str, split: str) -> str:
+    """A value of `field` for a fact of `split`: eval draws the toml pool's eval-only quarter (colours:
+    the whole small pool), training draws `_train_pool` (thousands: no prior over a few dozen answers)."""
+    if split != "eval":
+        return rng.choice(_train_pool(field))
+    return rng.choice(_COLORS) if field == "color" else _pick(rng, _TOML_POOLS[field], split)
 
 
 def _pick(rng: random.Random, pool: tuple[str, ...], split: str) -> str:
     """A member of `pool` whose split (by hash) is `split` (eval items are never used in training)."""
-    mine = [x for x in pool if (_hash01(f"fact:{x}") < _FACT_EVAL_FRACTION) == (split == "eval")]
-    return rng.choice(mine)
+    return rng.choice(_split_pool(pool, split))
+
+
+@functools.cache
+def _split_pool(pool: tuple[str, ...], split: str) -> tuple[str, ...]:
+    return tuple(x for x in pool if _is_eval(x) == (split == "eval"))
+
+
+@functools.cache
+def _train_pool(field: str) -> tuple[str, ...]:
+    """Training values of `field`: the toml pool's training share and values.open_pools() (thousands),
+    less every value that shares a word with an eval value (no 'newspaper journalist' in training when
+    'journalist' is asked in eval)."""
+    toml = _TOML_POOLS[field]
+    held = {w.lower() for pool in (_CITIES, _JOBS, _PET_NAMES, _LAST) for x in _split_pool(pool, "eval")
+            for w in re.split(r"[ -]", x)}
+    mine = _split_pool(toml, "train") if field != "color" else toml  # colours are shared (a small pool)
+    wide = [x for x in open_pools()[field] if not held & {w.lower() for w in re.split(r"[ -]", x)}]
+    return tuple(sorted(set(mine) | set(wide)))
 
 
 def _fact(rng: random.Random, split: str, taken: set[str]) -> tuple[str, str, str, str, dict]:
@@ -116,13 +148,16 @@ def _fact(rng: random.Random, split: str, taken: set[str]) -> tuple[str, str, st
     key, templates = _FACTS[relation]
     statements, questions = templates[split]
     while True:
-        name = f"{rng.choice(_FIRST)} {_pick(rng, _LAST, split)}"
+        name = f"{rng.choice(_FIRST)} {_value(rng, 'last', split)}"
         if name not in taken:
             break
-    f = {"name": name, "city": _pick(rng, _CITIES, split), "year": str(rng.randint(1950, 2023)),
-         "job": _pick(rng, _JOBS, split), "pet": rng.choice(_PETS), "pet_name": _pick(rng, _PET_NAMES, split),
-         "color": rng.choice(_COLORS), "obj": rng.choice(_OBJECTS), "n": str(rng.randint(12, 9800)),
+    f = {"name": name, "city": _value(rng, "city", split), "year": str(rng.randint(1950, 2023)),
+         "job": _value(rng, "job", split), "pet": rng.choice(_PETS), "pet_name": _value(rng, "pet_name", split),
+         "color": _value(rng, "color", split), "obj": rng.choice(_OBJECTS), "n": str(rng.randint(12, 9800)),
          "item": rng.choice(_ITEMS), "day": rng.choice(_DAYS)}
+    while f["pet_name"] in name:  # a training pet may not share its owner's name (eval pools never do)
+        f["pet_name"] = _value(rng, "pet_name", split)
+    f["a_job"] = article(f["job"])
     return relation, rng.choice(statements).format(**f), rng.choice(questions).format(**f), f[key], f
 
 
