@@ -56,7 +56,8 @@ train_options = stack(
     _arg("priming", "Text tokens kept live before the question (the answer layout); 0 = the question alone meets "
                     "the memory.", int),
     _arg("min_chunks", "First curriculum level: context chunks read into memory.", POS),
-    _arg("max_chunks", "Last curriculum level (levels double from --min-chunks).", POS),
+    _arg("max_chunks", "Last curriculum level (levels double from --min-chunks); a resumed run above it goes "
+         "back to it.", POS),
     _arg("promote_at", "Held-out accuracy that moves the curriculum to the next level.", SHARE),
     _arg("eval_every", "Held-out generated accuracy every N steps (OUT/eval.jsonl); it gates the curriculum. "
                        "0 = off (then the teacher-forced exact match of training samples gates it).", COUNT),

@@ -160,6 +160,17 @@ def test_train_saves_and_resumes(env, monkeypatch):
     assert [r["step"] for r in log] == [1, 2, 3]
 
 
+def test_resuming_with_a_lower_max_chunks_goes_back_to_that_level(env, monkeypatch):
+    monkeypatch.setenv("COMET_DATA", str(env / "data"))
+    args = TrainArgs(out=str(env / "run_down"), model=str(env / "model"), precision="fp32", chunk_size=256,
+                     n_global=4, budget=16, lora_rank=2, steps=3, accum=1, save_every=1, warmup=1,
+                     eval_every=0, level_patience=1, max_chunks=4, short_share=0.0)
+    assert train(args)["level"] == 4  # promoted after each step: 1 -> 2 -> 4
+    args.steps, args.resume, args.max_chunks = 4, True, 2
+    rec = train(args)
+    assert rec["step"] == 4 and rec["level"] == 2
+
+
 def test_ctrl_c_keeps_every_completed_step(env, monkeypatch):
     monkeypatch.setenv("COMET_DATA", str(env / "data"))
     args = TrainArgs(out=str(env / "run_int"), model=str(env / "model"), precision="fp32", chunk_size=256,

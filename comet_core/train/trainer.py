@@ -243,6 +243,8 @@ def resume_progress(args: TrainArgs, out: Path, opt: torch.optim.AdamW, model: C
     meta = _load_train_state(out / "train_state.safetensors", opt, model)
     cur.level, cur.recent = meta["level"], deque(meta["recent"])
     cur.steps_at_level = meta.get("steps_at_level", 0)
+    if cur.level > cur.max_level:  # resumed with a lower --max-chunks: go back to that level
+        cur.level, cur.recent, cur.steps_at_level = cur.max_level, deque(), 0
     rng.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in meta["rng"]))
     return meta["step"], meta["seen_tokens"], meta.get("elapsed", 0.0)
 
