@@ -22,7 +22,10 @@ _NAME_LOCALES = ("en_US", "en_GB", "de_DE", "fr_FR", "es_ES", "it_IT", "nl_NL", 
 
 
 def _provider(kind: str, locale: str | None = None) -> type:
-    mod = f"faker.providers.{kind}" + (f".{locale}" if locale else "")
+    """Faker's Provider class of `kind` (and `locale`): its class attributes are the lists."""
+    import faker.providers  # here, not at the top: only training builds fact values
+
+    mod = f"{faker.providers.__name__}.{kind}" + (f".{locale}" if locale else "")
     return importlib.import_module(mod).Provider
 
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Generated answers on the eval split (held-out text and wordings), the measure of "memory that answers":
 # passkey and fact at the lengths the training reached (256 to 1k tokens) and at 4k / 16k (20 and 10
-# samples over 5 depths), then the app-log question. Prints one table at the end.
+# samples over 5 depths), then the app-log question. Prints one table at the end, and how the fact
+# questions with eval-only values (cities, jobs, pet names training never shows) were answered.
 #
 #   bash docs/eval/answers.sh ADAPTER OUTDIR [SYSTEMS]      # SYSTEMS: comet (default), or e.g. comet,full
 #
@@ -21,6 +22,11 @@ run fact-short fact --lengths 256,512,1k --samples 4
 run fact-4k fact --lengths 4k --samples 4
 run fact-16k fact --lengths 16k --samples 2
 comet ask --adapter "$a" samples/app.log "Why did the nightly job fail?" > "$o/ask-app-log.txt" 2> "$o/ask-app-log.log"
+if [[ ,$sys, == *,full,* ]]; then  # the same question with the whole log in the model's window
+  python -c 'import sys; from comet_core import evaluate as ev; e = ev.load_system("full", None, "4bit", None)
+print(ev.answer_full_attention(e.lm, e.tok, open("samples/app.log").read(), sys.argv[1], ev.window(e), 64))' \
+    "Why did the nightly job fail?" > "$o/ask-app-log-full.txt" 2>> "$o/ask-app-log.log"
+fi
 python - "$o" <<'EOF'
 import json, pathlib, sys
 o = pathlib.Path(sys.argv[1])
@@ -37,4 +43,8 @@ for task, system in sorted({k[:2] for k in cells}):
            else "-" for n in lengths]
     print(f"| {task} | {system} | " + " | ".join(row) + " |")
 print("\ncomet ask samples/app.log 'Why did the nightly job fail?' ->", (o / "ask-app-log.txt").read_text().strip())
+if (o / "ask-app-log-full.txt").exists():
+    print("the same, full attention ->", (o / "ask-app-log-full.txt").read_text().strip())
 EOF
+echo
+python -m bench.fact_errors "$o"  # facts whose value training never shows: right, and wrong with a training value
