@@ -1,8 +1,9 @@
 """Open pools of names and values for the training facts.
 
 With only phrasing.toml's few dozen cities, jobs and pet names, a model can answer a training fact by
-picking the likeliest member of a small known set, and it did: its answers to held-out facts were
-training values ("Vienna", "librarian"), never the eval-only ones it had read. Training values are
+picking the likeliest member of a small known set, and it did: it almost never answered an eval-only
+value it had read, and nearly half its wrong answers were training values ("Vienna", "librarian")
+(`python -m bench.fact_errors docs/eval/r2`). Training values are
 therefore drawn from thousands of real ones (Faker's lists of jobs, cities, first and last names, CSS
 colour names), which no prior can guess: the answer has to come from the memory. Eval values stay the
 toml pools' eval-only quarter, so evaluations stay comparable, and no eval value ever enters training.
