@@ -256,5 +256,7 @@ def test_fact_errors_counts_training_values_among_wrong_answers(tmp_path, capsys
     (tmp_path / "fact-4k.json").write_text(json.dumps({"rows": rows}))
     r = fact_errors.fact_errors(tmp_path)
     assert (r["eval_only_questions"], r["right"], r["wrong"], r["wrong_with_a_training_value"]) == (3, 1, 2, 1)
+    assert r["by_kind"] == {"day": [0, 1], "job": [1, 3]}
     fact_errors.main([str(tmp_path)])
-    assert f"| {tmp_path} | 3 | 1 | 2 | 1 |" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"| {tmp_path} | 3 | 1 | 2 | 1 |" in out and "right per relation: day 0/1, job 1/3" in out
