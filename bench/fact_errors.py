@@ -61,13 +61,13 @@ def main(argv: list[str]) -> None:
         sys.exit(__doc__)
     print("| run | questions (eval-only value) | right | wrong | wrong = a training value |")
     print("|---|---|---|---|---|")
-    for arg in argv:
-        r = fact_errors(Path(arg))
+    results = {arg: fact_errors(Path(arg)) for arg in argv}
+    for arg, r in results.items():
         cells = (r["eval_only_questions"], r["right"], r["wrong"], r["wrong_with_a_training_value"])
         print(f"| {arg} | " + " | ".join(map(str, cells)) + " |")
-    for arg in argv:
-        kinds = fact_errors(Path(arg))["by_kind"]
-        print(f"{arg}, right per relation: " + ", ".join(f"{k} {r}/{n}" for k, (r, n) in kinds.items()))
+    for arg, r in results.items():
+        print(f"{arg}, right per relation: " + ", ".join(f"{k} {n_right}/{n}"
+                                                           for k, (n_right, n) in r["by_kind"].items()))
 
 
 if __name__ == "__main__":

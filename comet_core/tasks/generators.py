@@ -135,11 +135,15 @@ def _train_pool(field: str) -> tuple[str, ...]:
     less every value that shares a word with an eval value (no 'newspaper journalist' in training when
     'journalist' is asked in eval)."""
     toml = _TOML_POOLS[field]
-    held = {w.lower() for pool in (_CITIES, _JOBS, _PET_NAMES, _LAST) for x in _split_pool(pool, "eval")
-            for w in re.split(r"[ -]", x)}
+    held = {w for pool in (_CITIES, _JOBS, _PET_NAMES, _LAST) for x in _split_pool(pool, "eval") for w in _words(x)}
     mine = _split_pool(toml, "train") if field != "color" else toml  # colours are shared (a small pool)
-    wide = [x for x in open_pools()[field] if not held & {w.lower() for w in re.split(r"[ -]", x)}]
+    wide = [x for x in open_pools()[field] if not held & _words(x)]
     return tuple(sorted(set(mine) | set(wide)))
+
+
+def _words(value: str) -> set[str]:
+    """'Ann-Kathrin Berg' -> {'ann', 'kathrin', 'berg'}."""
+    return {w.lower() for w in re.split(r"[ -]", value)}
 
 
 def _fact(rng: random.Random, split: str, taken: set[str]) -> tuple[str, str, str, str, dict]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import importlib
 import re
+from collections.abc import Iterable
 
 _WORD = re.compile(r"[A-Za-z][a-z]+(?:[ -][A-Z]?[a-z]+)?")  # one or two plain ASCII words
 _CITY_LOCALES = ("de_DE", "de_AT", "de_CH", "en_IN", "en_BD", "id_ID", "pt_PT", "ro_RO", "sv_SE", "fr_DZ",
@@ -30,8 +31,8 @@ def _provider(kind: str, locale: str | None = None) -> type:
     return importlib.import_module(mod).Provider
 
 
-def _plain(values: object) -> set[str]:
-    return {v for v in values if _WORD.fullmatch(v)}  # type: ignore[attr-defined]
+def _plain(values: Iterable[str]) -> set[str]:
+    return {v for v in values if _WORD.fullmatch(v)}
 
 
 @functools.cache
