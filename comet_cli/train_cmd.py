@@ -47,8 +47,9 @@ train_options = stack(
     _arg("ema", "Average the trained weights over the last ~1/(1-DECAY) steps (e.g. 0.99); the held-out "
                 "evaluation and the saved adapter use the average. 0 = off.", float, metavar="DECAY"),
     _arg("lora_rank", "Rank of the LoRA on the backbone's linears; 0 = no LoRA.", COUNT),
-    _arg("lora_targets", "Linears that get LoRA: q/k/v/o_proj, gate/up/down_proj. With --init-adapter, targets "
-                         "the adapter lacks are added (starting at zero).", metavar="LIST"),
+    _arg("lora_targets", "Linears that get LoRA: q/k/v/o_proj, gate/up/down_proj. Default: q_proj,v_proj for a new "
+                         "adapter; with --resume or --init-adapter, the adapter's own, and targets listed here "
+                         "that it lacks are added (starting at zero).", metavar="LIST"),
     _arg("chunk_size", "Memory setting c: text tokens per chunk.", POS),
     _arg("stride", "Memory setting s: a temp beacon after every N text tokens.", POS),
     _arg("n_global", "Memory setting G: global memory slots (and beacons).", POS),

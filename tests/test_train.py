@@ -171,6 +171,25 @@ def test_resuming_with_a_lower_max_chunks_goes_back_to_that_level(env, monkeypat
     assert rec["step"] == 4 and rec["level"] == 2
 
 
+def test_resuming_with_more_lora_targets_adds_them_and_keeps_the_rest(env, monkeypatch):
+    monkeypatch.setenv("COMET_DATA", str(env / "data"))
+    args = TrainArgs(out=str(env / "run_more"), model=str(env / "model"), precision="fp32", chunk_size=256,
+                     n_global=4, budget=16, lora_rank=2, steps=1, accum=1, save_every=1, warmup=1, eval_every=0)
+    train(args)
+    meta, before = read_adapter(env / "run_more" / "adapter.safetensors")
+    assert meta["config"]["lora_targets"] == ["q_proj", "v_proj"]
+    args.steps, args.resume = 2, True
+    train(args)  # no --lora-targets: the adapter's own, nothing added
+    meta, _ = read_adapter(env / "run_more" / "adapter.safetensors")
+    assert meta["config"]["lora_targets"] == ["q_proj", "v_proj"]
+    args.steps, args.lora_targets = 3, "q_proj,up_proj"
+    assert train(args)["step"] == 3
+    meta, after = read_adapter(env / "run_more" / "adapter.safetensors")
+    assert meta["config"]["lora_targets"] == ["q_proj", "v_proj", "up_proj"]
+    assert {k for k in after if "up_proj" in k} and set(before) < set(after)
+    assert any(after[k].abs().sum() > 0 for k in after if k.endswith("up_proj.B"))  # trained from zero
+
+
 def test_ctrl_c_keeps_every_completed_step(env, monkeypatch):
     monkeypatch.setenv("COMET_DATA", str(env / "data"))
     args = TrainArgs(out=str(env / "run_int"), model=str(env / "model"), precision="fp32", chunk_size=256,

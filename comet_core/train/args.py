@@ -30,7 +30,9 @@ class TrainArgs:
     n_global: int = 16
     budget: int = 64
     lora_rank: int = 8
-    lora_targets: str = "q_proj,v_proj"  # any of q/k/v/o_proj, gate/up/down_proj
+    lora_targets: str | None = None  # any of q/k/v/o_proj, gate/up/down_proj; None: CometConfig's (q, v) for a
+    #                                  new adapter, the adapter's own with resume or init_adapter (listed ones it
+    #                                  lacks are added)
     priming: int = 0  # text tokens kept live before the question (answer.py); 0: the question alone
     init_adapter: str | None = None  # continue from an adapter (its settings win; lora_targets may add)
     steps: int = 300
@@ -61,9 +63,13 @@ class TrainArgs:
     resume: bool = False
 
     def config(self) -> CometConfig:
+        targets = {"lora_targets": self.added_targets()} if self.lora_targets else {}
         return CometConfig(chunk_size=self.chunk_size, stride=self.stride, n_global=self.n_global,
-                           budget=self.budget, lora_rank=self.lora_rank,
-                           lora_targets=tuple(self.lora_targets.split(",")), priming=self.priming)
+                           budget=self.budget, lora_rank=self.lora_rank, priming=self.priming, **targets)
+
+    def added_targets(self) -> tuple[str, ...]:
+        """The LoRA targets named by --lora-targets (none named: none to add to a loaded adapter)."""
+        return tuple(self.lora_targets.split(",")) if self.lora_targets else ()
 
     def check(self) -> None:
         """Raise ValueError on an unknown task or LoRA target (before any model is loaded)."""
@@ -78,7 +84,7 @@ class TrainArgs:
             raise ValueError(f"need 1 <= --min-chunks <= --max-chunks, got {self.min_chunks} and {self.max_chunks}")
         from ..lora import TARGETS as LORA_TARGETS  # (imports torch)
 
-        bad = set(self.lora_targets.split(",")) - set(LORA_TARGETS)
+        bad = set(self.added_targets()) - set(LORA_TARGETS)
         if bad:
             raise ValueError(f"unknown LoRA targets {sorted(bad)}; choose from {','.join(LORA_TARGETS)}")
 

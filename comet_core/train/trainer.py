@@ -250,15 +250,15 @@ def resume_progress(args: TrainArgs, out: Path, opt: torch.optim.AdamW, model: C
 
 
 def build_model(args: TrainArgs, device: torch.device | None = None):
-    """Load the backbone (frozen) and a resumed, given or fresh adapter (engine.load); the run's --priming
-    wins (it is how the adapter will be asked, not a weight). Returns (engine, fingerprint of the base)."""
+    """Load the backbone (frozen) and a resumed, given or fresh adapter (engine.load; --lora-targets it lacks
+    are added at zero); the run's --priming wins (it is how the adapter will be asked, not a weight).
+    Returns (engine, fingerprint of the base)."""
     out = Path(args.out)
     if args.resume and (out / "adapter.safetensors").exists():
-        adapter, extra = out / "adapter.safetensors", ()
-    elif args.init_adapter:
-        adapter, extra = args.init_adapter, args.config().lora_targets
+        adapter = out / "adapter.safetensors"
     else:
-        adapter, extra = None, ()
+        adapter = args.init_adapter
+    extra = args.added_targets() if adapter else ()  # new targets start at zero, their Adam state fresh
     engine = load(args.model, args.precision, adapter, device=None if device is None else str(device),
                   threads=torch.get_num_threads(), trainable=True, config=args.config(), seed=args.seed,
                   add_lora_targets=extra)
