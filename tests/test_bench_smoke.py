@@ -260,3 +260,27 @@ def test_fact_errors_counts_training_values_among_wrong_answers(tmp_path, capsys
     fact_errors.main([str(tmp_path)])
     out = capsys.readouterr().out
     assert f"| {tmp_path} | 3 | 1 | 2 | 1 |" in out and "right per relation: day 0/1, job 1/3" in out
+
+
+def test_compare_runs_pairs_the_same_steps_samples(tmp_path):
+    from bench import compare_runs
+
+    def log(run: str, recs: list[dict]) -> dict:
+        (tmp_path / run).mkdir()
+        (tmp_path / run / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+        return compare_runs._read(tmp_path / run / "log.jsonl")
+
+    a = log("a", [{"step": 9, "tasks": {"fact": [[9.0, 0]]}},  # before the fork: not compared
+                  {"step": 10, "tasks": {"fact": [[2.0, 0], [1.0, 1]], "passkey": [[0.5, 1]]}},
+                  {"step": 11, "tasks": {"fact": [[3.0, 0]]}},
+                  {"step": 12, "tasks": {"fact": [[4.0, 0]]}}])
+    b = log("b", [{"step": 10, "tasks": {"fact": [[1.0, 1], [1.0, 1]], "passkey": [[0.25, 1]]}},
+                  {"step": 11, "tasks": {"fact": [[1.0, 1]]}}])  # step 12 not logged yet: left out
+    rows = {r["task"]: r for r in compare_runs.paired([a, b], first=10, window=50)}
+    assert rows["fact"]["n"] == 3 and rows["fact"]["loss"] == [2.0, 1.0] and rows["fact"]["exact"] == [0.333, 1.0]
+    mean, se = rows["fact"]["diff"][0]  # paired differences -1, 0, -2
+    assert mean == -1.0 and se == pytest.approx(0.577, abs=1e-3)
+    assert rows["passkey"]["diff"] == [[-0.25, 0.0]]
+    c = log("c", [{"step": 10, "tasks": {"fact": [[1.0, 1]]}}])  # another draw: nothing to pair
+    with pytest.raises(SystemExit, match="different samples"):
+        compare_runs.paired([a, c], first=10, window=50)

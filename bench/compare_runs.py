@@ -1,0 +1,104 @@
+"""Paired comparison of training runs forked from one checkpoint (an A/B of one setting): runs resumed from
+the same train_state draw the same samples at the same step (the sample rng is part of the checkpoint), so
+their per-sample training losses pair up. Per window of steps and task, each run's mean answer loss (nats
+per token, teacher-forced) and exact-match rate on those same samples, the mean paired loss difference
+against the first run with its standard error, then each run's held-out generated accuracy
+(eval.jsonl) at the steps both evaluated.
+
+    python -m bench.compare_runs runs/r3 runs/r4 --from 1758 --window 50
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+
+def _read(path: Path) -> dict[int, dict]:
+    """step -> record; a line repeated after a resume: the last one counts."""
+    if not path.exists():
+        return {}
+    return {r["step"]: r for r in map(json.loads, path.read_text().splitlines()) if "step" in r}
+
+
+def paired(logs: list[dict[int, dict]], first: int, window: int) -> list[dict]:
+    """Rows: one per (window, task) over the steps every run logged from `first` on whose samples line up
+    (the same tasks and sample counts); runs whose samples differ at a step are reported, not paired."""
+    steps = sorted(set.intersection(*(set(k for k in log if k >= first) for log in logs)))
+    rows: dict[tuple[int, str], dict] = {}
+    for s in steps:
+        recs = [log[s] for log in logs]
+        shapes = [{t: len(v) for t, v in r.get("tasks", {}).items()} for r in recs]
+        if any(sh != shapes[0] for sh in shapes):
+            raise SystemExit(f"step {s}: the runs drew different samples ({shapes}); not forked from one "
+                             f"checkpoint, or a different --tasks/--accum")
+        w0 = first + (s - first) // window * window
+        for task in shapes[0]:
+            row = rows.setdefault((w0, task), {"steps": f"{w0}-{w0 + window - 1}", "task": task, "n": 0,
+                                               "loss": [0.0] * len(logs), "exact": [0] * len(logs), "d": []})
+            for i, r in enumerate(recs):
+                for loss, ok in r["tasks"][task]:
+                    row["loss"][i] += loss
+                    row["exact"][i] += ok
+            base = recs[0]["tasks"][task]
+            for i, r in enumerate(recs[1:], 1):
+                for (l0, _), (li, _) in zip(base, r["tasks"][task], strict=True):
+                    row["d"].append((i, li - l0))
+            row["n"] += len(base)
+    out = []
+    for row in rows.values():
+        n = row["n"]
+        res = {"steps": row["steps"], "task": row["task"], "n": n,
+               "loss": [round(x / n, 3) for x in row["loss"]], "exact": [round(x / n, 3) for x in row["exact"]]}
+        diffs = []
+        for i in range(1, len(logs)):
+            d = [x for j, x in row["d"] if j == i]
+            mean = sum(d) / len(d)
+            se = math.sqrt(sum((x - mean) ** 2 for x in d) / max(1, len(d) - 1) / len(d))
+            diffs.append([round(mean, 3), round(se, 3)])
+        out.append(dict(res, diff=diffs))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("runs", nargs="+", type=Path, help="run folders (log.jsonl, eval.jsonl); the first is the base")
+    ap.add_argument("--from", dest="first", type=int, default=0, help="first step compared (the fork's next step)")
+    ap.add_argument("--window", type=int, default=50, help="steps per row")
+    ap.add_argument("--json-out", type=Path)
+    a = ap.parse_args()
+    if len(a.runs) < 2:
+        ap.error("give two run folders or more")
+    logs = [_read(r / "log.jsonl") for r in a.runs]
+    rows = paired(logs, a.first, a.window)
+    names = [r.name for r in a.runs]
+    print(f"training samples, teacher-forced (the same samples in every run); diff = run - {names[0]}, "
+          f"mean nats/token ± standard error")
+    print(f"{'steps':<11} {'task':<8} {'n':>4}  " + "  ".join(f"{n + ' loss':>10} {n + ' exact':>10}" for n in names)
+          + "  " + "  ".join(f"{'diff ' + n:>16}" for n in names[1:]))
+    for r in sorted(rows, key=lambda r: (r["steps"], r["task"])):
+        cells = "  ".join(f"{lo:>10.3f} {ex:>10.3f}" for lo, ex in zip(r["loss"], r["exact"], strict=True))
+        diffs = "  ".join(f"{m:>+9.3f} ± {se:.3f}" for m, se in r["diff"])
+        print(f"{r['steps']:<11} {r['task']:<8} {r['n']:>4}  {cells}  {diffs}")
+    evals = [_read(r / "eval.jsonl") for r in a.runs]
+    shared = sorted(set.intersection(*(set(k for k in e if k >= a.first) for e in evals)))
+    print("\nheld-out generated accuracy (eval.jsonl) at the steps every run evaluated")
+    held = []
+    for s in shared:
+        recs = [e[s] for e in evals]
+        tasks = [t for t in recs[0] if t in ("passkey", "fact", "needle_qa", "multi_needle", "vartrack", "recall")]
+        held.append({"step": s, "level": recs[0].get("level"),
+                     **{t: [r.get(t) for r in recs] for t in tasks}})
+        print(f"step {s} level {recs[0].get('level')}: "
+              + "; ".join(f"{t} " + " / ".join(f"{n} {r.get(t)}" for n, r in zip(names, recs, strict=True))
+                          for t in tasks))
+    if a.json_out:
+        a.json_out.parent.mkdir(parents=True, exist_ok=True)
+        a.json_out.write_text(json.dumps({"runs": [str(r) for r in a.runs], "from": a.first, "window": a.window,
+                                          "training": rows, "heldout": held}, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
