@@ -281,6 +281,11 @@ def test_compare_runs_pairs_the_same_steps_samples(tmp_path):
     mean, se = rows["fact"]["diff"][0]  # paired differences -1, 0, -2
     assert mean == -1.0 and se == pytest.approx(0.577, abs=1e-3)
     assert rows["passkey"]["diff"] == [[-0.25, 0.0]]
+    levels = log("lv", [{"step": 1, "seen_tokens": 0, "tasks": {"fact": [[1.0, 0]]}},
+                        {"step": 2, "seen_tokens": 2 * 1000, "tasks": {"fact": [[1.0, 0], [3.0, 1]]}},  # ~4 x 256
+                        {"step": 3, "seen_tokens": 2000 + 250, "drawn": 1, "tasks": {"fact": [[2.0, 0]]}}])
+    by = {r["level"]: r for r in compare_runs.paired([levels], first=2, window=50, by_level=256)}
+    assert by[4]["loss"] == [2.0] and by[4]["exact"] == [0.5] and by[1]["n"] == 1 and by[1]["diff"] == []
     c = log("c", [{"step": 10, "tasks": {"fact": [[1.0, 1]]}}])  # another draw: nothing to pair
     with pytest.raises(SystemExit, match="different samples"):
         compare_runs.paired([a, c], first=10, window=50)

@@ -407,7 +407,7 @@ def train(args: TrainArgs, on_step: Callable[[dict], None] | None = None, pp: in
                       "exact": float(stats[4::2].mean()), "level": level, "level_acc": cur.accuracy(),
                       "grad_norm": gnorm, "lr_mult": mult, "tokens_per_s": float(stats[2]) / dt,
                       "seen_tokens": seen_tokens, "step_s": dt, "elapsed": elapsed0 + time.time() - t0,
-                      "tasks": per_task}
+                      "drawn": batch[0].level, "tasks": per_task}  # drawn: the level of this step's samples
             if distributed:
                 record.update(pipeline=pp, data_parallel=mesh.dp, rank0_busy=busy / wall if wall else 0.0)
             if args.eval_every and step % args.eval_every == 0:
