@@ -169,6 +169,8 @@ def test_resuming_with_a_lower_max_chunks_goes_back_to_that_level(env, monkeypat
     args.steps, args.resume, args.max_chunks = 4, True, 2
     rec = train(args)
     assert rec["step"] == 4 and rec["level"] == 2
+    log = [json.loads(x) for x in (env / "run_down" / "log.jsonl").read_text().splitlines()]
+    assert [r["drawn"] for r in log] == [1, 2, 4, 2]  # the chunks each step's samples read (no shorter draws)
 
 
 def test_resuming_with_more_lora_targets_adds_them_and_keeps_the_rest(env, monkeypatch):
