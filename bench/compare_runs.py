@@ -17,12 +17,14 @@ import json
 import math
 from pathlib import Path
 
+from comet_core.tasks import TASKS
+
 
 def _read(path: Path) -> dict[int, dict]:
     """step -> record; a line repeated after a resume: the last one counts."""
     if not path.exists():
         return {}
-    return {r["step"]: r for r in map(json.loads, path.read_text().splitlines()) if "step" in r}
+    return {r["step"]: r for r in (json.loads(x) for x in path.read_text().splitlines() if x.strip())}
 
 
 def drawn_level(log: dict[int, dict], step: int, chunk_size: int) -> int | None:
@@ -56,15 +58,14 @@ def paired(logs: list[dict[int, dict]], first: int, window: int, by_level: int =
         for task in shapes[0]:
             row = rows.setdefault((w0, task, level), {"steps": f"{w0}-{w0 + window - 1}", "task": task,
                                                       "level": level, "n": 0, "loss": [0.0] * len(logs),
-                                                      "exact": [0] * len(logs), "d": []})
+                                                      "exact": [0] * len(logs), "d": [[] for _ in logs[1:]]})
             for i, r in enumerate(recs):
                 for loss, ok in r["tasks"][task]:
                     row["loss"][i] += loss
                     row["exact"][i] += ok
             base = recs[0]["tasks"][task]
-            for i, r in enumerate(recs[1:], 1):
-                for (l0, _), (li, _) in zip(base, r["tasks"][task], strict=True):
-                    row["d"].append((i, li - l0))
+            for d, r in zip(row["d"], recs[1:], strict=True):  # per arm: its loss - the base's, sample by sample
+                d += [li - l0 for (l0, _), (li, _) in zip(base, r["tasks"][task], strict=True)]
             row["n"] += len(base)
     out = []
     for row in rows.values():
@@ -72,8 +73,7 @@ def paired(logs: list[dict[int, dict]], first: int, window: int, by_level: int =
         res = {"steps": row["steps"], "task": row["task"], "level": row["level"], "n": n,
                "loss": [round(x / n, 3) for x in row["loss"]], "exact": [round(x / n, 3) for x in row["exact"]]}
         diffs = []
-        for i in range(1, len(logs)):
-            d = [x for j, x in row["d"] if j == i]
+        for d in row["d"]:
             mean = sum(d) / len(d)
             se = math.sqrt(sum((x - mean) ** 2 for x in d) / max(1, len(d) - 1) / len(d))
             diffs.append([round(mean, 3), round(se, 3)])
@@ -108,7 +108,7 @@ def main() -> None:
     held = []
     for s in shared:
         recs = [e[s] for e in evals]
-        tasks = [t for t in recs[0] if t in ("passkey", "fact", "needle_qa", "multi_needle", "vartrack", "recall")]
+        tasks = [t for t in recs[0] if t in TASKS]
         held.append({"step": s, "level": recs[0].get("level"),
                      **{t: [r.get(t) for r in recs] for t in tasks}})
         print(f"step {s} level {recs[0].get('level')}: "

@@ -63,9 +63,9 @@ class TrainArgs:
     resume: bool = False
 
     def config(self) -> CometConfig:
-        targets = {"lora_targets": self.added_targets()} if self.lora_targets else {}
         return CometConfig(chunk_size=self.chunk_size, stride=self.stride, n_global=self.n_global,
-                           budget=self.budget, lora_rank=self.lora_rank, priming=self.priming, **targets)
+                           budget=self.budget, lora_rank=self.lora_rank, priming=self.priming,
+                           lora_targets=self.added_targets() or CometConfig.lora_targets)
 
     def added_targets(self) -> tuple[str, ...]:
         """The LoRA targets named by --lora-targets (none named: none to add to a loaded adapter)."""
