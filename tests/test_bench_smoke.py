@@ -219,6 +219,14 @@ def test_memory_gain_and_probe_run_on_a_tiny_adapter(tiny_env, tmp_path, monkeyp
                                 "--lengths", "256", "--samples", "2", "--out", str(tmp_path / "g.json")])
     assert [(s["task"], s["n"]) for s in summary] == [("passkey", 2), ("recall", 2)]
     assert all(s["memory"] > 0 and s["in_window"] > 0 and s["gain"] == s["no_memory"] - s["memory"] for s in summary)
+    # two adapters read the same samples: the paired table; a copy of an adapter differs by exactly 0
+    (tmp_path / "b.safetensors").write_bytes((tmp_path / "a.safetensors").read_bytes())
+    both = f"{adapter},{tmp_path / 'b.safetensors'}"
+    memory_gain.main(["--model", str(model), "--adapters", both, "--tasks", "passkey", "--lengths", "256",
+                      "--samples", "3", "--no-window", "--out", str(tmp_path / "g2.json")])
+    res = json.loads((tmp_path / "g2.json").read_text())
+    assert all(s["in_window"] is None for s in res["summary"])
+    assert [(d["task"], d["n"], d["diff"], d["se"]) for d in res["paired"]] == [("passkey", 3, 0.0, 0.0)]
     res = memory_probe.main(["--model", str(model), "--adapter", adapter, "--length", "256", "--steps", "2",
                              "--out", str(tmp_path / "p.json")])
     assert res["n_chunks"] == 4 and len(res["layers"]) == 2 and len(res["curve"]) == 2
