@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import io
+import itertools
 import json
 import random
 import re
@@ -371,3 +372,12 @@ def test_passkey_eval_split_is_phrased_differently(tok):
         assert s.meta["needle"] in [t.format(k=s.answer) for t in gen._PASSKEY_EVAL_NEEDLES]
         t = data.make_sample("passkey", tok, 600, random.Random(seed), "train")
         assert t.question in train_questions and t.meta["needle"] in {n.format(k=t.answer) for n in train_needles}
+
+
+def test_recall_fits_the_shortest_training_text(tok):
+    """The trainer draws texts from half a chunk up (128 tokens at c=256, 64 at c=128): a recall sample there
+    quotes fewer words where the text has few words per token, instead of failing the step."""
+    for n, seed in itertools.product(range(64, 129, 16), range(10)):
+        s = data.make_sample("recall", tok, n, random.Random(seed), "train")
+        assert 16 <= len(s.answer.split()) <= 48
+        assert f"{s.meta['cue']} {s.answer}" in " ".join(s.context.split())

@@ -292,15 +292,16 @@ def make_vartrack(tokenizer: Any, n_tokens: int, rng: random.Random, split: str 
 def make_recall(tokenizer: Any, n_tokens: int, rng: random.Random, split: str = "train",
                 depth: float | None = None) -> Sample:
     """Verbatim recall: the question quotes 5-10 words of the context (a cue at ``depth``) and the
-    answer is the 16-48 words that follow them there: about ten times a passkey's answer tokens per
-    sample, each predictable from memory beyond what the language prior guesses."""
+    answer is the 16-48 words that follow them there (fewer where the text is short): about ten times a
+    passkey's answer tokens per sample, each predictable from memory beyond what the language prior guesses."""
     root = _root()
     d = _depth(rng, depth)
     stream = _prose_stream(tokenizer, root, rng, split)
     context, meta = _haystack(tokenizer, n_tokens, stream, [])
     words = [(m.start(), m.group()) for m in re.finditer(r"\S+", context)]
     n_cue, n_ans = rng.randint(5, 10), rng.randint(16, 48)
-    if len(words) < n_cue + n_ans:
+    n_ans = min(n_ans, len(words) - n_cue)  # a short text (verse: few words per token) quotes less
+    if n_ans < 16:
         raise ValueError(f"n_tokens={n_tokens} is too small for a recall sample")
     i = round(d * (len(words) - n_cue - n_ans))
     cue = " ".join(w for _, w in words[i:i + n_cue])
