@@ -105,7 +105,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--samples", type=int, default=12)
     ap.add_argument("--precision", default="bf16")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--no-window", action="store_true", help="skip the in-window loss (saves a third of the time)")
+    ap.add_argument("--no-window", action="store_true",
+                    help="skip the in-window loss (one of three forward passes per sample)")
     ap.add_argument("--out", default="bench/results/memory_gain.json")
     a = ap.parse_args(argv)
     t0 = time.time()
