@@ -381,3 +381,15 @@ def test_recall_fits_the_shortest_training_text(tok):
         s = data.make_sample("recall", tok, n, random.Random(seed), "train")
         assert 16 <= len(s.answer.split()) <= 48
         assert f"{s.meta['cue']} {s.answer}" in " ".join(s.context.split())
+
+
+def test_training_draws_fit_tasks_with_long_pieces_into_half_a_chunk(tok):
+    """A level-1 step draws texts of half a chunk up: a set of variable chains (or a SQuAD paragraph) that does
+    not fit is drawn again (the same task, so the mix holds) instead of stopping the run."""
+    from comet_core.config import CometConfig
+    from comet_core.train.samples import draw_batch
+
+    cfg = CometConfig(chunk_size=256, n_global=4, budget=16)
+    for seed in range(12):
+        batch = draw_batch(tok, cfg, random.Random(seed), 1, {"vartrack": 1.0}, 4)
+        assert len(batch) == 4 and all(d.task == "vartrack" and d.enc.chunks for d in batch)

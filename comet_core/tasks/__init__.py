@@ -37,12 +37,14 @@ from .generators import (
     make_sample,
     make_vartrack,
 )
+from .haystack import TooShort
 from .metrics import normalize_answer, score, squad_em, squad_f1
 
 __all__ = [
     "EVAL_FRACTION",
     "TASKS",
     "DataMissingError",
+    "TooShort",
     "Doc",
     "Sample",
     "data_dir",

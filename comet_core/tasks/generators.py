@@ -15,7 +15,18 @@ from pathlib import Path
 from typing import Any
 
 from .corpus import SPLITS, _docs_cached, _hash01, _root, _split_items, _squad
-from .haystack import LENGTH_TOLERANCE, _depth, _haystack, _Insert, _ntok, _prose_stream, _Stream, _Unit, _units
+from .haystack import (
+    LENGTH_TOLERANCE,
+    TooShort,
+    _depth,
+    _haystack,
+    _Insert,
+    _ntok,
+    _prose_stream,
+    _Stream,
+    _Unit,
+    _units,
+)
 from .values import article, open_pools
 
 TASKS: tuple[str, ...] = ("passkey", "fact", "needle_qa", "multi_needle", "vartrack", "recall", "lm")
@@ -204,7 +215,7 @@ def make_needle_qa(tokenizer: Any, n_tokens: int, rng: random.Random, split: str
         if _ntok(tokenizer, ctx) <= 0.6 * n_tokens:
             break
     else:
-        raise ValueError(f"n_tokens={n_tokens} is too small for SQuAD paragraphs")
+        raise TooShort(f"n_tokens={n_tokens} is too small for SQuAD paragraphs")
     qa = rng.choice(qas)
     if rng.random() < 0.6:
         pool = _docs_cached(root, "wiki", split)
@@ -302,7 +313,7 @@ def make_recall(tokenizer: Any, n_tokens: int, rng: random.Random, split: str = 
     n_cue, n_ans = rng.randint(5, 10), rng.randint(16, 48)
     n_ans = min(n_ans, len(words) - n_cue)  # a short text (verse: few words per token) quotes less
     if n_ans < 16:
-        raise ValueError(f"n_tokens={n_tokens} is too small for a recall sample")
+        raise TooShort(f"n_tokens={n_tokens} is too small for a recall sample")
     i = round(d * (len(words) - n_cue - n_ans))
     cue = " ".join(w for _, w in words[i:i + n_cue])
     answer = " ".join(w for _, w in words[i + n_cue:i + n_cue + n_ans])

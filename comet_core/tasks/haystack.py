@@ -12,6 +12,11 @@ from typing import Any
 
 from .corpus import Doc, _docs_cached
 
+
+class TooShort(ValueError):
+    """The drawn text is too short for the sample's pieces (a long paragraph, many chains): another draw
+    of the same task may fit."""
+
 # Relative tolerance the context length aims for (the loop stops once within it).
 LENGTH_TOLERANCE = 0.01
 
@@ -232,7 +237,7 @@ def _haystack(tokenizer: Any, n_tokens: int, stream: _Stream, inserts: Sequence[
     fixed += _ntok(tokenizer, intro + "\n\n") if intro else 0
     budget = n_tokens - fixed
     if budget < 8:
-        raise ValueError(f"n_tokens={n_tokens} is too small for this sample (needs > {fixed + 8})")
+        raise TooShort(f"n_tokens={n_tokens} is too small for this sample (needs > {fixed + 8})")
     tol = max(2, int(LENGTH_TOLERANCE * n_tokens))
     best: tuple[int, str, dict[str, Any]] | None = None
     for _ in range(5):

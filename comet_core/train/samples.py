@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from ..answer import plan_context
 from ..config import CometConfig
 from ..prompt import end_of_turn_id, followup_ids, question_ids
-from ..tasks import make_sample
+from ..tasks import TooShort, make_sample
 
 IN_MEMORY_TASKS = ("passkey", "recall")  # tasks whose needle `in_memory` can keep out of the live chunk
 
@@ -99,6 +99,17 @@ def _needle_tokens(sample, tok) -> int:
     return len(tok.encode(sample.context[:sample.meta["needle_end"]], add_special_tokens=False))
 
 
+def _make(task: str, tok, n_ctx: int, rng: random.Random, depth: float | None):
+    """A training sample of `task`, drawn again (up to 8 times) where the draw does not fit `n_ctx` tokens:
+    half a chunk is short for a long SQuAD paragraph or many variable chains."""
+    for attempt in range(8):
+        try:
+            return make_sample(task, tok, n_ctx, rng, "train", depth=depth)
+        except TooShort:
+            if attempt == 7:
+                raise
+
+
 def draw_batch(tok, cfg: CometConfig, rng: random.Random, level: int, weights: dict[str, float], n: int,
                priming: int | None = None, in_memory: float = 0.0, random_plan: float = 0.0) -> list[Draw]:
     """n samples of `level` context chunks (the last one at least half full) that share one chunk plan.
@@ -114,7 +125,7 @@ def draw_batch(tok, cfg: CometConfig, rng: random.Random, level: int, weights: d
     # with priming, only the full chunks are surely read into memory: place pinned needles within them
     mem_share = 1.0 if priming == 0 else (n_ctx // c * c) / n_ctx
     depths = [rng.random() * mem_share if p else None for p in pinned]
-    samples = [make_sample(t, tok, n_ctx, rng, "train", depth=d) for t, d in zip(tasks, depths, strict=True)]
+    samples = [_make(t, tok, n_ctx, rng, d) for t, d in zip(tasks, depths, strict=True)]
     use_random = rng.random() < random_plan
     for attempt in range(8):
         m = min(len(tok.encode(s.context, add_special_tokens=False)) for s in samples)
@@ -126,5 +137,5 @@ def draw_batch(tok, cfg: CometConfig, rng: random.Random, level: int, weights: d
             break
         for k in bad:
             depths[k] = (depths[k] if depths[k] is not None else samples[k].meta.get("depth", 1.0)) / 2
-            samples[k] = make_sample(tasks[k], tok, n_ctx, rng, "train", depth=depths[k])
+            samples[k] = _make(tasks[k], tok, n_ctx, rng, depths[k])
     return [Draw(level, t, e) for t, e in zip(tasks, encs, strict=True)]
