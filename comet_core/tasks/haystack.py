@@ -17,6 +17,7 @@ class TooShort(ValueError):
     """The drawn text is too short for the sample's pieces (a long paragraph, many chains): another draw
     of the same task may fit."""
 
+
 # Relative tolerance the context length aims for (the loop stops once within it).
 LENGTH_TOLERANCE = 0.01
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from ..answer import plan_context
 from ..config import CometConfig
 from ..prompt import end_of_turn_id, followup_ids, question_ids
-from ..tasks import TooShort, make_sample
+from ..tasks import Sample, TooShort, make_sample
 
 IN_MEMORY_TASKS = ("passkey", "recall")  # tasks whose needle `in_memory` can keep out of the live chunk
 
@@ -99,7 +99,7 @@ def _needle_tokens(sample, tok) -> int:
     return len(tok.encode(sample.context[:sample.meta["needle_end"]], add_special_tokens=False))
 
 
-def _make(task: str, tok, n_ctx: int, rng: random.Random, depth: float | None):
+def _make(task: str, tok, n_ctx: int, rng: random.Random, depth: float | None) -> Sample:
     """A training sample of `task`, drawn again (up to 8 times) where the draw does not fit `n_ctx` tokens:
     half a chunk is short for a long SQuAD paragraph or many variable chains."""
     for attempt in range(8):
