@@ -26,6 +26,7 @@ import click
 
 from comet_core import __version__
 from comet_core.errors import CometError
+from comet_core.prompt import NO_REPEAT_NGRAM
 
 from .live import Display, LiveDisplay, Stats, fmt_bytes, fmt_duration, fmt_int, make_display, peak_rss_bytes
 from .options import QUIET, VERBOSE, json_option, model_option, precision_option, stack, threads_option
@@ -220,6 +221,10 @@ answer_options = stack(
     click.option("--top-p", type=click.FloatRange(0.0, 1.0, min_open=True), default=1.0, show_default=True,
                  help="Nucleus sampling mass (with --temperature > 0)."),
     click.option("--seed", type=int, help="Sampling seed (with --temperature > 0; default: none, unseeded)."),
+    click.option("--no-repeat", "no_repeat", type=click.IntRange(0), metavar="N", default=NO_REPEAT_NGRAM,
+                 show_default=True,
+                 help="The answer never repeats a run of N tokens, which stops the loops a small model falls "
+                      "into (quoting the text is not affected); 0 = no limit."),
     click.option("--priming", type=click.IntRange(0), metavar="N",
                  help="Text tokens that stay in the live chunk before the question; the rest of the unread tail "
                       "goes through memory first. Default: what the adapter was trained with (its `priming` "
@@ -249,6 +254,7 @@ class Opts:
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int | None = None
+    no_repeat: int = NO_REPEAT_NGRAM
     priming: int | None = None
     as_json: bool = False
     quiet: bool = False
@@ -784,7 +790,8 @@ def _answer(engine, state, question: str, o: Opts, display: Display, stats: Stat
     parts: list[str] = []
     out = sys.stdout
     for text, n in engine.answer_stream(state, question, max_new_tokens=o.max_new_tokens,
-                                        temperature=o.temperature, top_p=o.top_p, seed=o.seed, priming=o.priming):
+                                        temperature=o.temperature, top_p=o.top_p, seed=o.seed, priming=o.priming,
+                                        no_repeat_ngram=o.no_repeat):
         display.answer_token(text, n)
         if text:
             parts.append(text)

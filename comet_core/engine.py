@@ -31,7 +31,7 @@ from .generate import generate
 from .loading import DEFAULT_MODEL, Loaded, ModelError, load_model, model_fingerprint
 from .memory import MemoryState
 from .model import CometModel
-from .prompt import question_ids, stop_ids
+from .prompt import NO_REPEAT_NGRAM, question_ids, stop_ids
 from .reader import CPU_BLOCK, Reader
 
 SHIPPED = "shipped"  # adapter="shipped": the adapter that ships for the model (comet_core/adapters/), if any
@@ -151,9 +151,10 @@ class Engine:
     # ---- answering -----------------------------------------------------------------------------------
     def answer_ids(self, state: MemoryState, question: str, priming: int | None = None,
                    max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0,
-                   seed: int | None = None) -> Iterator[int]:
+                   seed: int | None = None, no_repeat_ngram: int = NO_REPEAT_NGRAM) -> Iterator[int]:
         """Generated token ids of the answer to `question` from `state`, in the answer layout (answer.py;
-        priming None: the adapter's). An empty question continues the text. `state` is not modified."""
+        priming None: the adapter's). An empty question continues the text. `state` is not modified.
+        no_repeat_ngram: see generate.generate."""
         q = question_ids(self.tok, question)
         if not q and not state.pending_ids:
             raise CometError("nothing to continue from: the memory has no pending text (ask a question)")
@@ -161,7 +162,7 @@ class Engine:
         try:
             yield from generate(self.model, st, prompt, max_new_tokens=max_new_tokens, temperature=temperature,
                                 top_p=top_p, stop_ids=stop_ids(self.tok, self.lm.config), seed=seed,
-                                n_vocab=len(self.tok))
+                                n_vocab=len(self.tok), no_repeat_ngram=no_repeat_ngram)
         except ValueError as e:  # the live chunk would not fit the model's positions
             raise CometError(str(e)) from None
 

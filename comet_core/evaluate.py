@@ -44,9 +44,10 @@ from transformers import DynamicCache
 from .adapter import read_adapter
 from .config import CometConfig
 from .engine import Engine, load
+from .generate import repeat_bans
 from .memory import MemoryState
 from .model import CometModel
-from .prompt import question_ids, stop_ids
+from .prompt import NO_REPEAT_NGRAM, question_ids, stop_ids
 from .tasks import Sample, documents, make_lm, make_sample, score
 
 SYSTEMS = ("comet", "untrained", "full")
@@ -134,9 +135,9 @@ def prefill(lm: nn.Module, ids: list[int], keep: int = 1) -> tuple[torch.Tensor,
 
 @torch.no_grad()
 def answer_full_attention(lm: nn.Module, tok, context: str, question: str, window: int,
-                          max_new_tokens: int = 32) -> str:
+                          max_new_tokens: int = 32, no_repeat_ngram: int = NO_REPEAT_NGRAM) -> str:
     """The base model alone: context ids + question ids, left-truncated to `window - max_new_tokens`
-    tokens, then greedy decoding with a KV cache."""
+    tokens, then greedy decoding with a KV cache, under the same no-repeat rule as comet's answers."""
     if max_new_tokens >= window:
         raise ValueError(f"max_new_tokens={max_new_tokens} does not fit a window of {window}")
     ids = tok.encode(context, add_special_tokens=False) + question_ids(tok, question)
@@ -146,6 +147,7 @@ def answer_full_attention(lm: nn.Module, tok, context: str, question: str, windo
     for i in range(max_new_tokens):
         logits = logits[-1]
         logits[n_vocab:] = float("-inf")
+        logits[repeat_bans(out, no_repeat_ngram)] = float("-inf")
         t = int(logits.argmax())
         if t in stops:
             break

@@ -14,6 +14,7 @@ import torch
 
 from .memory import MemoryState
 from .model import CometModel
+from .prompt import NO_REPEAT_NGRAM
 
 
 def sample(logits: torch.Tensor, temperature: float, top_p: float, gen: torch.Generator | None) -> int:
@@ -28,11 +29,24 @@ def sample(logits: torch.Tensor, temperature: float, top_p: float, gen: torch.Ge
     return int(torch.multinomial(probs.cpu(), 1, generator=gen))
 
 
+def repeat_bans(out: Sequence[int], n: int) -> list[int]:
+    """Tokens that would end a run of n tokens already in `out` (the answer so far): the n-1 newest tokens
+    followed by each of them occurred before. n = 0: none."""
+    if n <= 0 or len(out) < n - 1:
+        return []
+    tail = list(out[len(out) - n + 1:])
+    return [out[i + n - 1] for i in range(len(out) - n + 1) if list(out[i:i + n - 1]) == tail]
+
+
 @torch.no_grad()
 def generate(model: CometModel, state: MemoryState, prompt_ids: Sequence[int], max_new_tokens: int = 256,
              temperature: float = 0.0, top_p: float = 1.0, stop_ids: Sequence[int] = (),
-             seed: int | None = None, n_vocab: int | None = None) -> Iterator[int]:
+             seed: int | None = None, n_vocab: int | None = None,
+             no_repeat_ngram: int = NO_REPEAT_NGRAM) -> Iterator[int]:
     """Yield generated token ids one at a time (stop tokens are not yielded). `state` is not modified.
+
+    no_repeat_ngram: a run of this many answer tokens never occurs twice (0 = no limit); the prompt and
+    the text read are not counted, so the answer may quote them.
 
     n_vocab: ids >= n_vocab (embedding rows the tokenizer does not know, e.g. padding rows or a reference
     checkpoint's memory tokens) are never sampled.
@@ -49,12 +63,15 @@ def generate(model: CometModel, state: MemoryState, prompt_ids: Sequence[int], m
     cache = model.new_cache()
     ids = torch.tensor([list(prompt_ids)], device=model.device)
     logits = model.logits(model.live(state, ids, cache=cache)[:, -1])[0]
+    out: list[int] = []
     for i in range(max_new_tokens):
         if n_vocab is not None and n_vocab < logits.shape[-1]:
             logits[n_vocab:] = float("-inf")
+        logits[repeat_bans(out, no_repeat_ngram)] = float("-inf")
         tok = sample(logits, temperature, top_p, gen)
         if tok in stop_ids:
             return
+        out.append(tok)
         yield tok
         if i == max_new_tokens - 1:
             return

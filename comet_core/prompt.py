@@ -8,6 +8,7 @@ tail stays live). An empty question means "continue the document" (language mode
 from __future__ import annotations
 
 SUMMARY_PROMPT = "Summarize the text above in a few sentences."
+NO_REPEAT_NGRAM = 4  # an answer never repeats a run of this many tokens (generate.py; a small model loops without it)
 
 
 def question_ids(tokenizer, question: str) -> list[int]:

@@ -252,6 +252,17 @@ def test_summarize_plain_output_and_pdf_without_text(tmp_path, env, tiny, files)
     one_line_error(run(["summarize", blank, "-q", *tiny_args(tiny)], env), 1, "no extractable text")
 
 
+def test_no_repeat_reaches_the_answer(env, tiny, saved):
+    """--no-repeat 0 lets the tiny random model loop; the default breaks the loop: other answers."""
+    def answer(*opt: str) -> str:
+        p = run(["ask", "--state", saved, "What is it?", "-n", "40", "--json", "-q", *opt, *tiny_args(tiny)], env)
+        assert p.returncode == OK, p.stderr.decode()
+        return json.loads(p.stdout)["answer"]
+
+    free, default = answer("--no-repeat", "0"), answer()
+    assert free != default and default == answer("--no-repeat", "4")
+
+
 def read_pty(fd: int, sink: list[bytes]) -> None:
     while True:
         try:

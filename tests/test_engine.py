@@ -7,7 +7,7 @@ import torch
 from tiny import FAMILIES, tiny_lm, tiny_tokenizer
 
 from comet_core.config import CometConfig
-from comet_core.generate import generate
+from comet_core.generate import generate, repeat_bans
 from comet_core.layout import plan_layouts, render
 from comet_core.memory import GlobalMemoryNet, MemoryState, push_fifo
 from comet_core.model import CometModel
@@ -156,7 +156,7 @@ def test_cached_decoding_equals_recomputing_live_chunk(family):
     with torch.no_grad():
         st, _ = m.read(MemoryState.empty(m.n_layers), chunks_of(3))
         prompt = chunks_of(1, 11, seed=5)[0][0].tolist()
-        out = list(generate(m, st, prompt, max_new_tokens=14))
+        out = list(generate(m, st, prompt, max_new_tokens=14, no_repeat_ngram=0))
         assert len(out) == 14
         full = torch.tensor([prompt + out])
         logits = m.logits(m.live(st, full))[0]  # [p + n, V], no cache, beacons by the live rule
@@ -177,6 +177,29 @@ def test_generation_stops_on_stop_token_and_samples_reproducibly():
     k = next(k for k in range(1, 20) if a[k] not in a[:k])  # a token not generated before
     assert list(generate(m, st, prompt, max_new_tokens=20, temperature=1.0, top_p=0.9, seed=3,
                          stop_ids=[a[k]])) == a[:k]
+
+
+def test_repeat_bans_name_the_tokens_that_would_repeat_a_run():
+    assert repeat_bans([1, 2, 3, 4, 1, 2, 3], 4) == [4]
+    assert sorted(repeat_bans([1, 2, 9, 1, 2, 8, 1, 2], 3)) == [8, 9]
+    assert repeat_bans([1, 2, 1, 2], 2) == [1]
+    assert repeat_bans([5, 5, 5], 1) == [5, 5, 5]
+    assert repeat_bans([1, 2, 3], 4) == [] and repeat_bans([1, 2, 1, 2], 0) == []
+
+
+def test_no_repeat_ngram_breaks_a_loop_and_changes_nothing_before_it():
+    m = make()
+    st = MemoryState.empty(m.n_layers)
+
+    def first_repeat(out: list[int], n: int) -> int | None:  # index of the token that repeats a run of n
+        return next((k for k in range(n - 1, len(out)) if out[k] in repeat_bans(out[:k], n)), None)
+
+    free = list(generate(m, st, [5, 6, 7], max_new_tokens=40, no_repeat_ngram=0))
+    k = first_repeat(free, 4)
+    assert k is not None  # greedy decoding of a random model loops: the case the option exists for
+    guarded = list(generate(m, st, [5, 6, 7], max_new_tokens=40, no_repeat_ngram=4))
+    assert len(guarded) == 40 and first_repeat(guarded, 4) is None
+    assert guarded[:k] == free[:k] and guarded[k] != free[k]
 
 
 def test_beacon_string_is_plain_text():

@@ -23,6 +23,7 @@ from comet_core.adapter import save_adapter
 from comet_core.config import CometConfig
 from comet_core.engine import Engine
 from comet_core.errors import CometError
+from comet_core.generate import repeat_bans
 from comet_core.loading import Loaded, load_model, model_fingerprint
 from comet_core.model import CometModel
 from comet_core.prompt import question_ids
@@ -83,18 +84,21 @@ def test_full_attention_prefill_and_greedy_decoding(monkeypatch):
     assert cache.get_seq_length() == len(ids)
 
     context, question = "Call me Ishmael. " * 20, "What is the pass key?"
-    window, n_new = 48, 4
+    window, n_new = 64, 16
     got = ev.answer_full_attention(lm, tok, context, question, window, n_new)
-    # reference: the same left-truncated ids, greedy without a cache
+    # reference: the same left-truncated ids, greedy without a cache, no run of 4 answer tokens twice
     seq = (tok.encode(context, add_special_tokens=False) + question_ids(tok, question))[-(window - n_new):]
     out = []
     with torch.no_grad():
         for _ in range(n_new):
-            t = int(lm(input_ids=torch.tensor([seq + out])).logits[0, -1, :len(tok)].argmax())
+            logits = lm(input_ids=torch.tensor([seq + out])).logits[0, -1, :len(tok)]
+            logits[repeat_bans(out, 4)] = float("-inf")
+            t = int(logits.argmax())
             if t == tok.convert_tokens_to_ids("<|im_end|>"):
                 break
             out.append(t)
     assert got == tok.decode(out, skip_special_tokens=True)
+    assert got != ev.answer_full_attention(lm, tok, context, question, window, n_new, no_repeat_ngram=0)  # it loops
 
 
 def test_answers_on_the_same_samples_and_truncation():
