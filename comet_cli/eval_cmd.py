@@ -1,4 +1,5 @@
-"""`comet eval passkey | fact | needle-qa | lm`: CoMeT against its two baselines, on text the training never saw.
+"""`comet eval passkey | fact | needle-qa | lm | summary`: CoMeT against its two baselines, on text the
+training never saw.
 
 Each command runs the systems one after another (a fresh model load each) on the same samples:
 comet (the trained adapter), untrained (a fresh adapter with the same settings) and full (the base model
@@ -40,15 +41,16 @@ def eval_group() -> None:
       comet eval fact --lengths 4k,16k --samples 4
       comet eval needle-qa --lengths 4k,32k --samples 4
       comet eval lm --lengths 4k,16k --json > lm.json
+      comet eval summary --lengths 896,1920 --systems comet,full
 
     Samples come from the eval split (text the training never saw), the same for every system.
     """
 
 
-def common_options(samples: int, answers: bool = True):
+def common_options(samples: int, answers: bool = True, max_new_tokens: int = 32):
     """The options every eval command takes (--max-new-tokens only where answers are generated)."""
-    answer = [click.option("--max-new-tokens", "-n", type=click.IntRange(1, 1024), default=32, show_default=True,
-                           help="Longest answer, in tokens (greedy decoding).")] if answers else []
+    answer = [click.option("--max-new-tokens", "-n", type=click.IntRange(1, 1024), default=max_new_tokens,
+                           show_default=True, help="Longest answer, in tokens (greedy decoding).")] if answers else []
     return stack(
         model_option(),
         click.option("--adapter", metavar="PATH", type=click.Path(exists=True, dir_okay=False),
@@ -106,6 +108,17 @@ def needle_qa(lengths: str, depths: str, out: str | None, **o) -> None:
 def lm(lengths: str, **o) -> None:
     """Perplexity of chunk k+1 of a held-out play or essay: with memory, without, and full attention."""
     run_eval("lm", lengths, None, None, o)
+
+
+@eval_group.command()
+@click.option("--lengths", default="896,1920", show_default=True,
+              help="Passage lengths in tokens: lengths the summaries file holds (scripts/make_summaries.py).")
+@common_options(samples=10, max_new_tokens=96)
+def summary(lengths: str, **o) -> None:
+    """A held-out passage of a play or essay, then a request for a summary in words the training never used:
+    token F1 against the summary the base model wrote with the whole passage in its window (its 4bit full
+    system is that teacher at a lower precision)."""
+    run_eval("summary", lengths, None, None, o)
 
 
 # --- the run -------------------------------------------------------------------------------------------
@@ -294,6 +307,15 @@ def print_tables(task: str, summary: list[dict], targets: list[dict]) -> None:
                 t.add_row(fmt_tokens(n), str(first["k"]),
                           *("-" if c is None else f"{c['ppl']:.2f}" + ("*" if c.get("truncated") else "")
                             for c in cells), str(first["n"]))
+        elif task == "summary":
+            t = Table(title=f"summary F1 % against the base model's own summary with the passage in its window ({p})")
+            for col in ("system", "length", "F1", "n"):
+                t.add_column(col, justify="left" if col == "system" else "right")
+            for s in systems:
+                for n in lengths:
+                    if (p, s, n, None) in idx:
+                        c = idx[(p, s, n, None)]
+                        t.add_row(s, fmt_tokens(n), f"{c['f1'] * 100:.1f}", str(c["n"]))
         else:
             metric = "f1" if task == "needle_qa" else "acc"
             depths = sorted({r["depth"] for r in summary if r["depth"] not in (None, "all")})

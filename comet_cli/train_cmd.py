@@ -88,14 +88,19 @@ train_options = stack(
 
 def check_data(weights: dict[str, float]) -> None:
     """The text the tasks are built from is in the data folder (`python scripts/fetch_data.py`): every task
-    hides its needle in essays and plays, needle-QA also needs SQuAD. Raises DataMissingError (a CometError
-    naming the script) before any model is loaded."""
+    hides its needle in essays and plays, needle-QA also needs SQuAD, summary its summaries file
+    (`python scripts/make_summaries.py`). Raises DataMissingError (a CometError naming the script) before
+    any model is loaded."""
     from comet_core.tasks import documents
 
     families = ["essays", "plays"] + (["squad"] if weights.get("needle_qa") else [])
     for family in families:
         for split in ("train", "eval"):
             documents(family, split)
+    if weights.get("summary"):
+        from comet_core.tasks.summaries import load_summaries
+
+        load_summaries("train")
 
 
 @click.command("train")

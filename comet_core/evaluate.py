@@ -20,7 +20,9 @@ k chunks before it (k = length // chunk_size), with memory (CoMeT reads k chunks
 the live chunk, teacher-forced), without memory (chunk k+1 alone on an empty state, same adapter:
 ``comet-nomem``) and with full attention (everything before, truncated to the window). The first token of
 chunk k+1 is not scored (nothing precedes it inside the live chunk), so every variant scores the same
-chunk_size - 1 tokens.
+chunk_size - 1 tokens. summary: token F1 (as needle_qa's) of the answer against the summary the base model
+wrote with the whole passage in its window (tasks/summaries.py: the distillation target; the full system
+at 4bit is the teacher at lower precision).
 
 Lengths are in tokens of the model's tokenizer. Parsing lengths and drawing the heat map belong to the CLI
 (``comet_cli/eval_cmd.py``, ``comet_cli/plot.py``).
@@ -47,13 +49,14 @@ from .engine import Engine, load
 from .generate import repeat_bans
 from .memory import MemoryState
 from .model import CometModel
-from .prompt import NO_REPEAT_NGRAM, question_ids, stop_ids
+from .prompt import NO_REPEAT_NGRAM, followup_ids, question_ids, stop_ids
 from .tasks import Sample, documents, make_lm, make_sample, score
+from .tasks.summaries import eval_samples, load_summaries
 
 SYSTEMS = ("comet", "untrained", "full")
-TASKS = ("passkey", "fact", "needle_qa", "lm")
+TASKS = ("passkey", "fact", "needle_qa", "lm", "summary")
 DOCUMENTS = {"passkey": ("essays", "plays"), "fact": ("essays", "plays"), "needle_qa": ("squad", "essays"),
-             "lm": ("plays", "essays")}
+             "lm": ("plays", "essays"), "summary": ("plays", "essays")}
 PREFILL = 8192  # tokens per forward when the full-attention baseline prefills (SmolLM2: one forward)
 FAR_ABOVE = 0.20  # needle-QA / fact beyond the window: CoMeT must beat full attention by this much
 WITHIN = 0.05  # needle-QA inside the window: CoMeT's F1 may trail full attention by at most this much
@@ -73,6 +76,8 @@ def check_data(task: str) -> None:
     cheap next to loading a model, so a run checks it first."""
     for family in DOCUMENTS[task]:
         documents(family, "eval")
+    if task == "summary":
+        load_summaries("eval")
 
 
 def load_system(name: str, model: str | None, precision: str, adapter: str | Path, *, device: str | None = None,
@@ -135,12 +140,16 @@ def prefill(lm: nn.Module, ids: list[int], keep: int = 1) -> tuple[torch.Tensor,
 
 @torch.no_grad()
 def answer_full_attention(lm: nn.Module, tok, context: str, question: str, window: int,
-                          max_new_tokens: int = 32, no_repeat_ngram: int = NO_REPEAT_NGRAM) -> str:
+                          max_new_tokens: int = 32, no_repeat_ngram: int = NO_REPEAT_NGRAM,
+                          system_turn: bool = True) -> str:
     """The base model alone: context ids + question ids, left-truncated to `window - max_new_tokens`
-    tokens, then greedy decoding with a KV cache, under the same no-repeat rule as comet's answers."""
+    tokens, then greedy decoding with a KV cache, under the same no-repeat rule as comet's answers.
+    system_turn=False asks in a bare user turn (prompt.followup_ids), without the default system turn that
+    the chat template puts between the text and the question (SmolLM2 then often ignores the text)."""
     if max_new_tokens >= window:
         raise ValueError(f"max_new_tokens={max_new_tokens} does not fit a window of {window}")
-    ids = tok.encode(context, add_special_tokens=False) + question_ids(tok, question)
+    turn = question_ids(tok, question) if system_turn else followup_ids(tok, question)
+    ids = tok.encode(context, add_special_tokens=False) + turn
     ids = ids[-(window - max_new_tokens):]
     logits, cache = prefill(lm, ids)
     stops, n_vocab, out = set(stop_ids(tok, lm.config)), len(tok), []
@@ -216,15 +225,18 @@ def make_cells(task: str, tok, lengths: list[int], depths: list[float] | None, s
                chunk_size: int = 512) -> Cells:
     """`samples` eval-split samples per (length, depth) cell, each cell from its own seeded rng (adding a
     length or a depth does not change the other cells). lm cells have depth None and carry at least
-    2 * chunk_size tokens of continuation."""
+    2 * chunk_size tokens of continuation; summary cells have depth None and are the file's first
+    `samples` eval passages of that length (tasks.summaries.eval_samples: none twice)."""
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; choose from {TASKS}")
     cells: Cells = {}
     for n in lengths:
-        for d in ([None] if task == "lm" or not depths else depths):
+        for d in ([None] if task in ("lm", "summary") or not depths else depths):
             rng = random.Random(f"{task}:{seed}:{n}:{d}")
             if task == "lm":
                 cells[(n, d)] = [make_lm(tok, n, rng, "eval", answer_tokens=2 * chunk_size) for _ in range(samples)]
+            elif task == "summary":
+                cells[(n, d)] = eval_samples(n, samples)
             else:
                 cells[(n, d)] = [make_sample(task, tok, n, rng, "eval", d) for _ in range(samples)]
     return cells

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import random
+import re
 import sys
 
 import pytest
@@ -26,8 +28,8 @@ from comet_core.errors import CometError
 from comet_core.generate import repeat_bans
 from comet_core.loading import Loaded, load_model, model_fingerprint
 from comet_core.model import CometModel
-from comet_core.prompt import question_ids
-from comet_core.tasks import make_sample, squad_f1
+from comet_core.prompt import followup_ids, question_ids
+from comet_core.tasks import DataMissingError, make_sample, squad_f1
 
 CFG = CometConfig(chunk_size=64, stride=8, n_global=4, budget=16, lora_rank=2)
 
@@ -85,20 +87,25 @@ def test_full_attention_prefill_and_greedy_decoding(monkeypatch):
 
     context, question = "Call me Ishmael. " * 20, "What is the pass key?"
     window, n_new = 64, 16
+
+    def reference(turn: list[int]) -> str:  # the same left-truncated ids, greedy without a cache, no run of
+        seq = (tok.encode(context, add_special_tokens=False) + turn)[-(window - n_new):]  # 4 tokens twice
+        out = []
+        with torch.no_grad():
+            for _ in range(n_new):
+                logits = lm(input_ids=torch.tensor([seq + out])).logits[0, -1, :len(tok)]
+                logits[repeat_bans(out, 4)] = float("-inf")
+                t = int(logits.argmax())
+                if t == tok.convert_tokens_to_ids("<|im_end|>"):
+                    break
+                out.append(t)
+        return tok.decode(out, skip_special_tokens=True)
+
     got = ev.answer_full_attention(lm, tok, context, question, window, n_new)
-    # reference: the same left-truncated ids, greedy without a cache, no run of 4 answer tokens twice
-    seq = (tok.encode(context, add_special_tokens=False) + question_ids(tok, question))[-(window - n_new):]
-    out = []
-    with torch.no_grad():
-        for _ in range(n_new):
-            logits = lm(input_ids=torch.tensor([seq + out])).logits[0, -1, :len(tok)]
-            logits[repeat_bans(out, 4)] = float("-inf")
-            t = int(logits.argmax())
-            if t == tok.convert_tokens_to_ids("<|im_end|>"):
-                break
-            out.append(t)
-    assert got == tok.decode(out, skip_special_tokens=True)
+    assert got == reference(question_ids(tok, question))
     assert got != ev.answer_full_attention(lm, tok, context, question, window, n_new, no_repeat_ngram=0)  # it loops
+    bare = ev.answer_full_attention(lm, tok, context, question, window, n_new, system_turn=False)
+    assert bare == reference(followup_ids(tok, question)) and "system" not in tok.decode(followup_ids(tok, question))
 
 
 def test_answers_on_the_same_samples_and_truncation():
@@ -244,6 +251,28 @@ def test_cli_needle_qa_and_lm(env):
     result = run_cli(["passkey", *common, "--lengths", "200", "--depths", "0.5", "--systems", "comet",
                       "--max-new-tokens", "2", "-q"])
     assert "passkey accuracy" in result.stdout and "target passkey fp32 200" in result.stdout
+
+
+def test_cli_summary_scores_f1_against_the_teacher(env):
+    common = ["--model", str(env / "model"), "--adapter", str(env / "adapter.safetensors"), "--precision", "fp32"]
+    with pytest.raises(DataMissingError, match="make_summaries.py"):  # before any model loads
+        ev.check_data("summary")
+    spec = importlib.util.spec_from_file_location("make_summaries", "scripts/make_summaries.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    first_two = lambda context, question: " ".join(re.findall(r"[^.!?]+[.!?]", context)[:2])  # noqa: E731
+    script.write_split("eval", tiny_tokenizer(), first_two, [300], 3, {"model": "lead-2"}, log=lambda s: None)
+    out = json.loads(run_cli(["summary", *common, "--lengths", "300", "--samples", "2", "-n", "8", "--json",
+                              "-q"]).stdout)
+    assert {r["system"] for r in out["rows"]} == {"comet", "untrained", "full"} and out["max_new_tokens"] == 8
+    for s in out["summary"]:
+        rs = [r for r in out["rows"] if r["system"] == s["system"]]
+        assert s["depth"] is None and len(rs) == 2
+        assert s["f1"] == pytest.approx(sum(squad_f1(r["prediction"], r["answers"]) for r in rs) / len(rs))
+    text = run_cli(["summary", *common, "--lengths", "300", "--samples", "1", "--systems", "full", "-q"]).stdout
+    assert "summary F1" in text and "full" in text
+    with pytest.raises(DataMissingError, match="it has 3 of 300 tokens"):
+        run_cli(["summary", *common, "--lengths", "200", "--systems", "full", "-q"])
 
 
 def test_lengths_too_large_for_a_number_are_a_usage_error():

@@ -29,7 +29,7 @@ from .haystack import (
 )
 from .values import article, open_pools
 
-TASKS: tuple[str, ...] = ("passkey", "fact", "needle_qa", "multi_needle", "vartrack", "recall", "lm")
+TASKS: tuple[str, ...] = ("passkey", "fact", "needle_qa", "multi_needle", "vartrack", "recall", "lm", "summary")
 
 
 @dataclass
@@ -380,6 +380,12 @@ def make_lm(tokenizer: Any, n_tokens: int, rng: random.Random, split: str = "tra
     return Sample(context, "", answer, "lm", [answer], meta)
 
 
+def _make_summary(*args: Any) -> Sample:
+    from .summaries import make_summary  # (summaries.py builds on this module)
+
+    return make_summary(*args)
+
+
 _MAKERS: dict[str, Callable[..., Sample]] = {
     "passkey": make_passkey,
     "fact": make_fact,
@@ -388,13 +394,15 @@ _MAKERS: dict[str, Callable[..., Sample]] = {
     "vartrack": make_vartrack,
     "recall": make_recall,
     "lm": make_lm,
+    "summary": _make_summary,
 }
 
 
 def make_sample(task: str, tokenizer: Any, n_tokens: int, rng: random.Random, split: str = "train",
                 depth: float | None = None) -> Sample:
     """One sample of ``task`` whose context has about ``n_tokens`` tokens (within ~1%, at least a few
-    tokens). Raises ``DataMissingError`` if the data folder is missing."""
+    tokens; a ``summary`` passage has one of ``summaries.LENGTHS``: see ``make_summary``). Raises
+    ``DataMissingError`` if the data folder (or, for ``summary``, its summaries file) is missing."""
     if task not in _MAKERS:
         raise ValueError(f"unknown task {task!r}; choose from {TASKS}")
     if split not in SPLITS:
