@@ -116,8 +116,8 @@ def lm(lengths: str, **o) -> None:
 @common_options(samples=10, max_new_tokens=96)
 def summary(lengths: str, **o) -> None:
     """A held-out passage of a play or essay, then a request for a summary in words the training never used:
-    token F1 against the summary the base model wrote with the whole passage in its window (its 4bit full
-    system is that teacher at a lower precision)."""
+    token F1 against the summary the base model wrote with the whole passage in its window (the full system
+    asks as that teacher was asked: at bf16 it writes the teacher's words, cut less)."""
     run_eval("summary", lengths, None, None, o)
 
 
