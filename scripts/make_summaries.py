@@ -8,7 +8,7 @@ turn in between (how comet's questions are laid out), SmolLM2 summarised 2 of 3 
 unrelated text ("the COVID-19 pandemic" for The Merchant of Venice); without it, all 3 were about the passage.
 
     python scripts/fetch_data.py            # once: the text
-    python scripts/make_summaries.py        # --train 48 --eval 10 passages per length: ~40 min on 2 cores
+    python scripts/make_summaries.py        # --train 48 --eval 10 passages per length: ~30 min on 2 cores
     python scripts/make_summaries.py --train 96    # more: a rerun adds what is missing, nothing twice
 
 Each passage is drawn from a seed of its own (split, length, index), so the same data folder gives the
