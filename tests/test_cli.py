@@ -584,7 +584,7 @@ def test_train_shares_the_common_options_and_its_help_is_instant(env):
     reading = {o: p for p in cli.get_command(ctx, "ask").params if isinstance(p, click.Option) for o in p.opts}
     for flag in ("--model", "--threads", "--quiet", "--verbose"):
         assert opts[flag].opts == reading[flag].opts, flag
-    assert opts["--precision"].default == "bf16" and "4-bit" in opts["--precision"].help
+    assert opts["--precision"].default == "4bit" and "bf16" in opts["--precision"].help
     # no torch at import: `comet train --help` does not pay for it
     code = "import sys, comet_cli.train_cmd, comet_cli.main; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], env=env).returncode == 0

@@ -332,3 +332,20 @@ def test_a_multi_question_sample_trains_every_answer_and_each_as_if_asked_alone(
         parts = [sample_loss(m, Encoded(enc.chunks, enc.live[:b], b - a), grad_ckpt=False)[0]
                  for a, b in [*enc.earlier, (len(enc.live) - enc.n_target, len(enc.live))]]
     torch.testing.assert_close(whole, sum(parts))  # causal: a later turn never changes an earlier answer
+
+
+def test_training_on_a_4bit_backbone_moves_every_trained_tensor(env, monkeypatch):
+    """The default training precision is reading's 4bit: every LoRA factor, memory net and special embedding
+    must get a gradient through the quantised linears (bitsandbytes' CPU fast path silently drops them)."""
+    monkeypatch.setenv("COMET_DATA", str(env / "data"))
+    args = TrainArgs(out=str(env / "run_4bit"), model=str(env / "model"), chunk_size=256, n_global=4,
+                     budget=16, lora_rank=2, steps=1, accum=2, save_every=1, warmup=1, eval_every=0,
+                     min_chunks=2, max_chunks=2)  # two chunks read: the global gate is used too
+    assert args.precision == "4bit"
+    train(args)
+    _, before = read_adapter(env / "run_4bit" / "adapter.safetensors")
+    args.steps, args.resume = 3, True
+    assert train(args)["step"] == 3
+    _, after = read_adapter(env / "run_4bit" / "adapter.safetensors")
+    still = [k for k in before if torch.equal(before[k], after[k])]
+    assert not still, f"not trained at 4bit: {still[:5]}"

@@ -24,7 +24,7 @@ class RunFolderError(CometError):
 class TrainArgs:
     out: str = "runs/train"
     model: str | None = None
-    precision: str = "bf16"
+    precision: str = "4bit"
     chunk_size: int = 256
     stride: int = 8
     n_global: int = 16
