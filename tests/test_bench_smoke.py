@@ -26,6 +26,7 @@ from bench import (  # noqa: E402
     gates,
     generation,
     grad_flow,
+    heldout,
     hw_limit,
     llamacpp,
     memory_gain,
@@ -227,6 +228,11 @@ def test_memory_gain_and_probe_run_on_a_tiny_adapter(tiny_env, tmp_path, monkeyp
     res = json.loads((tmp_path / "g2.json").read_text())
     assert all(s["in_window"] is None for s in res["summary"])
     assert [(d["task"], d["n"], d["diff"], d["se"]) for d in res["paired"]] == [("passkey", 3, 0.0, 0.0)]
+    res = heldout.main(["--model", str(model), "--adapters", f"{adapter},{adapter}", "--precisions", "bf16",
+                        "--tokens", "256", "--samples", "2", "--json-out", str(tmp_path / "h.json")])
+    assert [r["adapter"] for r in res["rows"]] == [adapter, adapter] and res["rows"][0]["samples"] == 2
+    assert res["rows"][0]["passkey"] == res["rows"][1]["passkey"] and 0 <= res["rows"][0]["fact"] <= 1  # same samples
+    assert json.loads((tmp_path / "h.json").read_text())["rows"] == res["rows"]
     res = memory_probe.main(["--model", str(model), "--adapter", adapter, "--length", "256", "--steps", "2",
                              "--out", str(tmp_path / "p.json")])
     assert res["n_chunks"] == 4 and len(res["layers"]) == 2 and len(res["curve"]) == 2

@@ -82,7 +82,7 @@ def test_the_file_resumes_drops_a_damaged_line_and_feeds_training_and_eval():
     eval_tags = _split_tags("essays", "eval") | _split_tags("plays", "eval")
     assert all(_tags(x.context) and _tags(x.context) <= eval_tags for x in ev)
     assert not any(_tags(r["context"]) & eval_tags for r in recs)
-    with pytest.raises(DataMissingError, match="2 summaries of 96-token passages, 3 asked"):
+    with pytest.raises(DataMissingError, match="2 summaries of 96-token passages, 3 asked.*--eval 4 --lengths 96"):
         eval_samples(96, 3)
     with pytest.raises(DataMissingError, match="no eval summaries of 120-token"):
         make_sample("summary", tok, 120, random.Random(0), "eval")

@@ -97,7 +97,8 @@ def eval_samples(n_tokens: int, count: int) -> list[Sample]:
         has = ", ".join(f"{len(v)} of {n}" for n, v in sorted(by_len.items()))
         raise DataMissingError(f"{summaries_file('eval')} has {len(recs)} summaries of {n_tokens}-token passages, "
                                f"{count} asked (it has {has} tokens); `python scripts/make_summaries.py --eval "
-                               f"{count} --lengths {n_tokens}` adds them")
+                               f"{2 * count - len(recs)} --lengths {n_tokens}` adds passages (one whose summary "
+                               f"had no full sentence is kept out)")
     return [_sample(r) for r in recs[:count]]
 
 

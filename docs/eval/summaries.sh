@@ -5,13 +5,14 @@
 # the first answers beside their targets.
 #
 #   bash docs/eval/summaries.sh ADAPTER OUTDIR [SYSTEMS]    # SYSTEMS: comet (default), or e.g. comet,full
+#   SAMPLES=9 bash docs/eval/summaries.sh ...               # passages per length (default 10)
 #
 # ~3 min per system on the 2-core CPU.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 a=$1 o=$2 sys=${3:-comet}
 mkdir -p "$o"
-comet eval summary --adapter "$a" --lengths 384,896 --samples 10 --systems "$sys" --json \
+comet eval summary --adapter "$a" --lengths 384,896 --samples "${SAMPLES:-10}" --systems "$sys" --json \
   > "$o/summary.json" 2> "$o/summary.log"
 python - "$o/summary.json" <<'EOF'
 import json, sys
