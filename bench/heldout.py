@@ -14,6 +14,8 @@ import argparse
 import json
 from pathlib import Path
 
+from bench import common as C
+
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -24,7 +26,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--samples", type=int, default=20, help="samples per task (the trainer's --eval-samples)")
     ap.add_argument("--model", default=None, help="base model (default: smollm2)")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--json-out", type=Path, default=Path("bench/results/heldout.json"))
+    ap.add_argument("--json-out", type=Path, default=None, help="default: bench/results/heldout.json")
     a = ap.parse_args(argv)
 
     from comet_core.evaluate import heldout_accuracy, load_system
@@ -38,8 +40,7 @@ def main(argv: list[str] | None = None) -> dict:
                          **acc})
             print(json.dumps(rows[-1]), flush=True)
     res = {"args": {k: str(v) for k, v in vars(a).items()}, "rows": rows}
-    a.json_out.parent.mkdir(parents=True, exist_ok=True)
-    a.json_out.write_text(json.dumps(res, indent=1) + "\n")
+    C.finish(a.json_out, "heldout.json", res)
     return res
 
 
