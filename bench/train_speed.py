@@ -5,7 +5,8 @@
 - `batched`: the step's samples as one batch (what `comet train` does), all threads;
 - `data-parallel`: two processes of one thread each (the torchrun path of `comet train`), each running
   half the samples as one batch, gradients all-reduced every step.
-Same samples (passkey, drawn as training draws them), fresh adapter, bf16 backbone; warm-up steps first.
+Same samples (passkey, drawn as training draws them), fresh adapter, the backbone at each of --precisions
+(default bf16; 4bit is what `comet train` uses); warm-up steps first. --modes picks some of the three.
 
     python -m bench.train_speed --levels 1,2 --steps 4       # ~6 min on 2 cores, nothing else running
 """
@@ -21,11 +22,11 @@ from pathlib import Path
 import torch
 
 
-def _setup(model_name: str | None, chunk_size: int, threads: int):
+def _setup(model_name: str | None, chunk_size: int, threads: int, precision: str):
     from comet_core.config import CometConfig
     from comet_core.engine import load
 
-    engine = load(model_name, "bf16", None, threads=threads, trainable=True,
+    engine = load(model_name, precision, None, threads=threads, trainable=True,
                   config=CometConfig(chunk_size=chunk_size, lora_rank=8))
     params = list(engine.model.mem.trainable().values())
     for p in params:
@@ -51,8 +52,8 @@ def _step(engine, params, encs, sequential: bool) -> None:
         (loss / sum(e.n_predicted for e in encs)).sum().backward()
 
 
-def measure(a: argparse.Namespace, level: int, sequential: bool, threads: int) -> dict:
-    engine, params = _setup(a.model, a.chunk_size, threads)
+def measure(a: argparse.Namespace, level: int, sequential: bool, threads: int, precision: str) -> dict:
+    engine, params = _setup(a.model, a.chunk_size, threads, precision)
     batches = _batches(engine, level, a.warmup + a.steps, a.batch, a.seed)
     times = []
     for i, b in enumerate(batches):
@@ -61,15 +62,15 @@ def measure(a: argparse.Namespace, level: int, sequential: bool, threads: int) -
         if i >= a.warmup:
             times.append(time.perf_counter() - t0)
     tokens = sum(d.text_tokens for b in batches[a.warmup:] for d in b)
-    return {"mode": "sequential" if sequential else "batched", "level": level, "threads": threads,
-            "step_s": sum(times) / len(times), "tokens_per_s": tokens / sum(times)}
+    return {"mode": "sequential" if sequential else "batched", "precision": precision, "level": level,
+            "threads": threads, "step_s": sum(times) / len(times), "tokens_per_s": tokens / sum(times)}
 
 
-def _dp_worker(a: argparse.Namespace, level: int, out: str) -> None:
+def _dp_worker(a: argparse.Namespace, level: int, out: str, precision: str) -> None:
     from comet_core.train.pipeline import init_mesh, sync_grads
 
     mesh = init_mesh(1)
-    engine, params = _setup(a.model, a.chunk_size, 1)
+    engine, params = _setup(a.model, a.chunk_size, 1, precision)
     batches = _batches(engine, level, a.warmup + a.steps, a.batch, a.seed)
     times, tokens = [], 0
     for i, b in enumerate(batches):
@@ -81,8 +82,9 @@ def _dp_worker(a: argparse.Namespace, level: int, out: str) -> None:
             times.append(time.perf_counter() - t0)
             tokens += sum(d.text_tokens for d in b)  # the whole step's samples, done by the two processes
     if mesh.rank == 0:
-        Path(out).write_text(json.dumps({"mode": "data-parallel", "level": level, "threads": "2x1",
-                                         "step_s": sum(times) / len(times), "tokens_per_s": tokens / sum(times)}))
+        Path(out).write_text(json.dumps({"mode": "data-parallel", "precision": precision, "level": level,
+                                         "threads": "2x1", "step_s": sum(times) / len(times),
+                                         "tokens_per_s": tokens / sum(times)}))
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -90,6 +92,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--model", default=None, help="base model (default: SmolLM2-135M-Instruct)")
     ap.add_argument("--chunk-size", type=int, default=256)
     ap.add_argument("--levels", default="1,2", help="chunks per sample")
+    ap.add_argument("--precisions", default="bf16", help="backbone precisions, comma-separated")
+    ap.add_argument("--modes", default="sequential,batched,data-parallel", help="which of the three, comma-separated")
     ap.add_argument("--batch", type=int, default=4, help="samples per step")
     ap.add_argument("--steps", type=int, default=4, help="timed steps per configuration")
     ap.add_argument("--warmup", type=int, default=1)
@@ -103,19 +107,24 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     warn = other_load()
     rows = []
-    for level in (int(x) for x in a.levels.split(",")):
-        for sequential in (True, False):
-            rows.append(measure(a, level, sequential, a.threads))
-            print(json.dumps(rows[-1]), flush=True)
-        out = Path(a.json_out).with_suffix(".dp.tmp")
-        if spawn_local(_dp_worker, 2, (a, level, str(out)), timeout_s=3600) != [0, 0]:
-            raise SystemExit("the data-parallel workers failed")
-        rows.append(json.loads(out.read_text()))
-        out.unlink()
-        print(json.dumps(rows[-1]), flush=True)
-    print(f"\n{'level':>5}  {'mode':<14} {'threads':>7}  {'step s':>7}  {'text tok/s':>10}")
+    modes = a.modes.split(",")
+    for precision in a.precisions.split(","):
+        for level in (int(x) for x in a.levels.split(",")):
+            for mode in ("sequential", "batched"):
+                if mode in modes:
+                    rows.append(measure(a, level, mode == "sequential", a.threads, precision))
+                    print(json.dumps(rows[-1]), flush=True)
+            if "data-parallel" in modes:
+                out = Path(a.json_out).with_suffix(".dp.tmp")
+                if spawn_local(_dp_worker, 2, (a, level, str(out), precision), timeout_s=3600) != [0, 0]:
+                    raise SystemExit("the data-parallel workers failed")
+                rows.append(json.loads(out.read_text()))
+                out.unlink()
+                print(json.dumps(rows[-1]), flush=True)
+    print(f"\n{'precision':<9} {'level':>5}  {'mode':<14} {'threads':>7}  {'step s':>7}  {'text tok/s':>10}")
     for r in rows:
-        print(f"{r['level']:>5}  {r['mode']:<14} {r['threads']!s:>7}  {r['step_s']:7.2f}  {r['tokens_per_s']:10.0f}")
+        print(f"{r['precision']:<9} {r['level']:>5}  {r['mode']:<14} {r['threads']!s:>7}  {r['step_s']:7.2f}  "
+              f"{r['tokens_per_s']:10.0f}")
     finish(Path(a.json_out), "train_speed.json", {"machine": machine(), "warning": warn, "args": vars(a), "rows": rows})
     return rows
 

@@ -40,9 +40,14 @@ train_options = stack(
                      "4bit). An adapter trained on bf16 weights lost 20 points of pass keys read at 4bit; "
                      "a step at 4bit took 8% longer than at bf16. Only the memory nets and LoRA "
                      "(fp32) are trained.", default=_DEFAULTS.precision),
+    _arg("device", "cpu or cuda[:N] (default: cuda when available; under torchrun each process takes the GPU "
+                   "of its LOCAL_RANK).", metavar="DEVICE"),
     threads_option("every core, divided among the processes of a torchrun launch"),
     _arg("steps", "Optimizer steps to reach (with --resume: counting the steps already done).", POS),
     _arg("accum", "Samples per step, run as one batch.", POS),
+    _arg("workers", "Processes that draw the next batches while a step runs (0 = the training process draws "
+                    "each batch before its step). Worth it on a GPU, where drawing a batch took a quarter of "
+                    "a step; the samples differ from those of --workers 0.", COUNT, metavar="N"),
     _arg("lr", "Learning rate of the memory nets and beacon embeddings (AdamW, after a short warm-up).", float),
     _arg("lora_lr", "Learning rate of the LoRA weights.", float),
     _arg("ema", "Average the trained weights over the last ~1/(1-DECAY) steps (e.g. 0.99); the held-out "

@@ -162,12 +162,12 @@ def load_model(spec: str | None = None, precision: str = "4bit", device: str | N
 
     skip_modules: extra module names kept unquantised at 4bit/8bit (a full-name prefix like
     ``model.layers.0.mlp`` or a suffix like ``o_proj``); ``lm_head`` always is.
-    trainable: 4bit only matters: keep bitsandbytes' CPU fast path off so that gradients flow through
-    the 4-bit layers (otherwise they silently vanish after the first no-grad forward).
+    trainable: 4bit only matters: the NF4 linears become frozen bf16 linears holding their dequantised
+    weights (``_materialize_4bit``: the same values, computed with as bnb's differentiable path does).
     """
     if precision not in PRECISIONS:
         raise ModelError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
-    dev = _device(device)
+    dev = pick_device(device)
     name, path = resolve_model(spec)
     skip = ["lm_head", *(s for s in (skip_modules or []) if s != "lm_head")]
     with _quiet():
@@ -215,7 +215,8 @@ def model_fingerprint(model: PreTrainedModel) -> str:
 
 # --- loading helpers -------------------------------------------------------------------------------
 
-def _device(device: str | None) -> torch.device:
+def pick_device(device: str | None) -> torch.device:
+    """`device` checked (cpu or cuda[:N]), or cuda when available and cpu otherwise (None)."""
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -314,18 +315,43 @@ def _load_4bit(folder: Path, key: str, source: str, dev: torch.device, skip: lis
 def _prepare_4bit(model: nn.Module, trainable: bool) -> None:
     import bitsandbytes as bnb
 
-    for m in model.modules():
-        # bnb repacks 4-bit weights for its fast CPU kernel on the first no-grad eval forward; backward
-        # through a repacked layer silently gives no gradients, so training keeps the differentiable path.
-        # The repacking also asserts out_features % 32 == 0.
-        if isinstance(m, bnb.nn.Linear4bit) and (trainable or m.out_features % 32):
-            m.support_avx512bf16_for_cpu = False
     if trainable:
+        _materialize_4bit(model)
         return
+    for m in model.modules():
+        # bnb repacks 4-bit weights for its fast CPU kernel on the first no-grad eval forward; the
+        # repacking asserts out_features % 32 == 0.
+        if isinstance(m, bnb.nn.Linear4bit) and m.out_features % 32:
+            m.support_avx512bf16_for_cpu = False
     vocab = model.get_input_embeddings().weight.shape[0]
     ids = (torch.arange(8) % vocab).unsqueeze(0).to(model.device)
     with torch.no_grad():
         model(input_ids=ids)
+
+
+def _materialize_4bit(model: nn.Module) -> None:
+    """For training: every NF4 linear becomes a frozen bf16 ``nn.Linear`` holding its dequantised weight.
+
+    Training then computes as reading does (dense.py: the layer's NF4 weights dequantised once, a bf16
+    GEMM; bnb's repacking for its CPU kernel rounds the block scales of what reading dequantises by up to
+    a bf16 ulp), instead of through bnb's 4-bit kernel, which dequantises inside every call, forward and
+    backward. On a GPU bnb's per-call overhead dominated a training step. It also keeps bnb's CPU
+    repacking away (backward through a repacked layer silently gives no gradients). Memory: 2 bytes per
+    weight instead of ~0.5 (SmolLM2: +160 MB).
+    """
+    import bitsandbytes as bnb
+    import bitsandbytes.functional as bf
+
+    for name, m in list(model.named_modules()):
+        if not isinstance(m, bnb.nn.Linear4bit):
+            continue
+        w = bf.dequantize_4bit(m.weight.data, m.weight.quant_state).to(m.compute_dtype)  # [out, in]
+        dense = nn.Linear(m.in_features, m.out_features, bias=m.bias is not None, device="meta")
+        dense.weight = nn.Parameter(w, requires_grad=False)
+        if m.bias is not None:
+            dense.bias = nn.Parameter(m.bias.detach().to(m.compute_dtype), requires_grad=False)
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent), child, dense)
 
 
 def _malloc_trim() -> None:

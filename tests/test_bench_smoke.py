@@ -169,6 +169,10 @@ def test_train_speed_sequential_batched_and_data_parallel(tiny_data):
                              "--steps", "1", "--warmup", "0", "--threads", "1", "--json-out", str(tmp / "ts.json")])
     assert [r["mode"] for r in rows] == ["sequential", "batched", "data-parallel"]
     assert all(r["tokens_per_s"] > 0 for r in rows)
+    rows = train_speed.main(["--model", str(model), "--chunk-size", "256", "--levels", "1", "--batch", "2",
+                             "--steps", "1", "--warmup", "0", "--threads", "1", "--precisions", "4bit",
+                             "--modes", "batched", "--json-out", str(tmp / "ts4.json")])
+    assert [(r["mode"], r["precision"]) for r in rows] == [("batched", "4bit")] and rows[0]["tokens_per_s"] > 0
 
 
 def test_priming_ab_trains_and_asks_each_layout(tiny_data):

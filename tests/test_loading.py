@@ -230,11 +230,21 @@ def test_4bit_loads_caches_and_honours_skip_modules(tiny_llama: Path, session_ca
 def test_4bit_trainable_keeps_gradients(tiny_llama: Path) -> None:
     import bitsandbytes as bnb
 
+    from comet_core.dense import dequantized
+
     loaded = load_model(str(tiny_llama), precision="4bit", trainable=True)
     m = loaded.model
     logits(loaded)  # an inference forward first: this is what used to break backward (bnb repacking)
     layer = m.model.layers[0].mlp.down_proj
-    assert isinstance(layer, bnb.nn.Linear4bit)
+    # The NF4 weights, dequantised once and frozen: those reading computes with (dense.py), up to the
+    # rounding of the block scales in bnb's CPU repacking (far below one NF4 step).
+    nf4 = load_model(str(tiny_llama), precision="4bit").model.model.layers[0].mlp.down_proj
+    assert isinstance(nf4, bnb.nn.Linear4bit) and type(layer) is nn.Linear
+    assert not layer.weight.requires_grad and layer.weight.dtype == torch.bfloat16
+    ref = dequantized(nf4, torch.bfloat16).float()
+    step = ref.abs().max() / 8  # about the spacing of NF4 values in a block at full scale
+    assert (layer.weight.float() - ref).abs().max() < step / 20
+    assert not any(isinstance(x, bnb.nn.Linear4bit) for x in m.modules())
 
     # A trainable tensor feeding a 4-bit layer: its gradient must pass backward through the layer.
     shift = torch.zeros(layer.in_features, dtype=torch.bfloat16, requires_grad=True)

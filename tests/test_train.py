@@ -12,6 +12,7 @@ from tiny import save_tiny, tiny_lm, tiny_tokenizer
 
 from comet_core.adapter import AdapterError, load_adapter, read_adapter, save_adapter
 from comet_core.config import CometConfig
+from comet_core.loading import ModelError
 from comet_core.model import CometModel
 from comet_core.prompt import question_ids
 from comet_core.tasks import Sample
@@ -158,6 +159,43 @@ def test_train_saves_and_resumes(env, monkeypatch):
     assert rec["step"] == 3
     log = [json.loads(x) for x in (env / "run" / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [1, 2, 3]
+
+
+def test_train_runs_on_the_device_it_is_given(env, monkeypatch):
+    """--device picks where a run trains; a checkpoint resumes on it (its Adam moments move there). A GPU
+    that is not there is a one-line error before anything is written."""
+    monkeypatch.setenv("COMET_DATA", str(env / "data"))
+    gpu = torch.cuda.is_available()
+    args = TrainArgs(out=str(env / "run_dev"), model=str(env / "model"), precision="fp32", chunk_size=256,
+                     n_global=4, budget=16, lora_rank=2, steps=1, accum=1, save_every=1, warmup=1, eval_every=0,
+                     device="cuda" if gpu else "cpu")
+    assert train(args)["step"] == 1
+    args.steps, args.resume = 2, True
+    assert train(args)["step"] == 2
+    if not gpu:
+        args = TrainArgs(out=str(env / "run_no_gpu"), model=str(env / "model"), device="cuda")
+        with pytest.raises(ModelError, match="CUDA is not available"):
+            train(args)
+        assert not (env / "run_no_gpu").exists()
+
+
+def test_workers_draw_the_batches_and_a_run_is_reproducible(env, monkeypatch):
+    """--workers: batches come from worker processes, seeded by the training process, so two runs with the
+    same settings draw the same samples, at the levels the curriculum chose."""
+    monkeypatch.setenv("COMET_DATA", str(env / "data"))
+    logs = []
+    for name in ("workers_a", "workers_b"):
+        args = TrainArgs(out=str(env / name), model=str(env / "model"), precision="fp32", chunk_size=256,
+                         n_global=4, budget=16, lora_rank=2, steps=3, accum=2, warmup=1, eval_every=0,
+                         workers=2, max_chunks=2, level_patience=1, short_share=0.0,
+                         tasks="passkey:1,fact:1,recall:1")
+        assert train(args)["step"] == 3
+        logs.append([json.loads(x) for x in (env / name / "log.jsonl").read_text().splitlines()])
+    a, b = logs
+    assert [r["step"] for r in a] == [1, 2, 3]
+    assert sum(len(v) for v in a[0]["tasks"].values()) == 2  # accum samples per step
+    assert [(r["drawn"], r["tasks"]) for r in a] == [(r["drawn"], r["tasks"]) for r in b]
+    assert {r["drawn"] for r in a} <= {1, 2}
 
 
 def test_resuming_with_a_lower_max_chunks_goes_back_to_that_level(env, monkeypatch):

@@ -25,6 +25,7 @@ class TrainArgs:
     out: str = "runs/train"
     model: str | None = None
     precision: str = "4bit"
+    device: str | None = None  # cpu or cuda[:N]; None: cuda when available (torchrun: each rank's LOCAL_RANK)
     chunk_size: int = 256
     stride: int = 8
     n_global: int = 16
@@ -37,6 +38,7 @@ class TrainArgs:
     init_adapter: str | None = None  # continue from an adapter (its settings win; lora_targets may add)
     steps: int = 300
     accum: int = 4  # samples per optimizer step, run as one batch (same chunk plan)
+    workers: int = 0  # processes drawing batches ahead (prefetch.py); 0: the training process draws them
     lr: float = 1e-3  # memory nets and beacon embeddings
     lora_lr: float = 1e-3  # LoRA on the backbone
     warmup: int = 10

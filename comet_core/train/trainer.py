@@ -42,11 +42,13 @@ from safetensors.torch import save as st_save
 from ..adapter import save_adapter
 from ..config import CometConfig
 from ..engine import load
+from ..loading import pick_device
 from ..memory import MemoryState
 from ..model import CometModel
 from ..state_io import atomic_write
 from .args import TrainArgs
 from .pipeline import Mesh, all_reduce, init_mesh, pipeline_step, sync_grads
+from .prefetch import Prefetch
 from .samples import Draw, Encoded, draw_batch, encode  # noqa: F401 (encode: part of this module's API)
 
 GATED = ("passkey", "fact", "multi_needle", "vartrack")  # short exact answers: they decide promotion
@@ -228,9 +230,10 @@ def _load_train_state(path: Path, opt: torch.optim.AdamW, model: CometModel) -> 
         if f"{k}.raw" in tensors:
             with torch.no_grad():
                 p.copy_(tensors[f"{k}.raw"])
-        if f"{k}.exp_avg" in tensors:
-            opt.state[p] = {"step": torch.tensor(meta["adam_steps"][k]), "exp_avg": tensors[f"{k}.exp_avg"],
-                            "exp_avg_sq": tensors[f"{k}.exp_avg_sq"]}
+        if f"{k}.exp_avg" in tensors:  # the moments go where the weight is (a run may move to a GPU)
+            opt.state[p] = {"step": torch.tensor(meta["adam_steps"][k]),
+                            "exp_avg": tensors[f"{k}.exp_avg"].to(p.device),
+                            "exp_avg_sq": tensors[f"{k}.exp_avg_sq"].to(p.device)}
     return meta
 
 
@@ -292,7 +295,7 @@ def train(args: TrainArgs, on_step: Callable[[dict], None] | None = None, pp: in
     args.check_out()
     distributed = pp > 1 or int(os.environ.get("WORLD_SIZE", "1")) > 1
     own_group = distributed and not dist.is_initialized()
-    mesh = init_mesh(pp, timeout_s) if distributed else Mesh()
+    mesh = init_mesh(pp, timeout_s) if distributed else Mesh(device=pick_device(args.device))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     engine, base_fp = build_model(args, mesh.device)
@@ -340,6 +343,8 @@ def train(args: TrainArgs, on_step: Callable[[dict], None] | None = None, pp: in
         return ev
 
     stepping = False  # True while the weights are between two completed steps
+    ahead = None if not args.workers else Prefetch(args.workers, tok, cfg, weights, args.accum * mesh.dp,
+                                                   args.priming, args.in_memory, args.random_plan)
     try:
         if args.eval_every and step == 0:
             evaluate_now()  # the curve's starting point
@@ -356,7 +361,10 @@ def train(args: TrainArgs, on_step: Callable[[dict], None] | None = None, pp: in
             for g in opt.param_groups:
                 g["lr"] = g["base_lr"] * mult
             opt.zero_grad(set_to_none=True)
-            batch = draw(args, cur, rng, weights, tok, cfg, args.accum * mesh.dp)
+            if ahead is None:
+                batch = draw(args, cur, rng, weights, tok, cfg, args.accum * mesh.dp)
+            else:
+                batch = ahead.next(lambda: (pick_level(args, cur, rng), rng.getrandbits(63)))
             mine = [k for k in range(len(batch)) if k % mesh.dp == mesh.d]
             # stats: loss sum, answer tokens, text tokens, then per sample: loss, exact
             stats = torch.zeros(3 + 2 * len(batch), dtype=torch.float64, device=mesh.device)
@@ -423,6 +431,9 @@ def train(args: TrainArgs, on_step: Callable[[dict], None] | None = None, pp: in
         if not distributed and not stepping and saved_at != step:
             save()
         raise
+    finally:
+        if ahead is not None:
+            ahead.close()
     if saved_at != step:
         save()
     if mesh.world > 1:
