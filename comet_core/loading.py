@@ -163,7 +163,7 @@ def load_model(spec: str | None = None, precision: str = "4bit", device: str | N
     skip_modules: extra module names kept unquantised at 4bit/8bit (a full-name prefix like
     ``model.layers.0.mlp`` or a suffix like ``o_proj``); ``lm_head`` always is.
     trainable: 4bit only matters: the NF4 linears become frozen bf16 linears holding their dequantised
-    weights (``_materialize_4bit``: the same values, computed with as bnb's differentiable path does).
+    weights (``_materialize_4bit``: the weights reading computes with, dequantised once).
     """
     if precision not in PRECISIONS:
         raise ModelError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
@@ -345,11 +345,12 @@ def _materialize_4bit(model: nn.Module) -> None:
     for name, m in list(model.named_modules()):
         if not isinstance(m, bnb.nn.Linear4bit):
             continue
-        w = bf.dequantize_4bit(m.weight.data, m.weight.quant_state).to(m.compute_dtype)  # [out, in]
+        dtype = m.compute_dtype or torch.bfloat16
+        w = bf.dequantize_4bit(m.weight.data, m.weight.quant_state).to(dtype)  # [out, in]
         dense = nn.Linear(m.in_features, m.out_features, bias=m.bias is not None, device="meta")
         dense.weight = nn.Parameter(w, requires_grad=False)
         if m.bias is not None:
-            dense.bias = nn.Parameter(m.bias.detach().to(m.compute_dtype), requires_grad=False)
+            dense.bias = nn.Parameter(m.bias.detach().to(dtype), requires_grad=False)
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent), child, dense)
 
