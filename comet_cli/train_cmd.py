@@ -72,6 +72,10 @@ train_options = stack(
     _arg("short_share", "Share of steps drawn from shorter levels than the current one.", SHARE),
     _arg("level_patience", "Move to the next level after this many steps at a level even if the held-out "
                            "accuracy stays below --promote-at (0 = wait for it).", COUNT),
+    _arg("grad_chunks", "Backpropagate through only the last N context chunks of a sample; the chunks before "
+                        "them are read without gradient (truncated backpropagation: long levels at ~a third of "
+                        "their cost, the memory trained on what aged states look like). 0 = through all.",
+         COUNT, metavar="N"),
     _arg("tasks", f"Task mix, task:weight,... Tasks: {', '.join(TASKS)}.", metavar="MIX"),
     _arg("in_memory", "Share of passkey and recall samples whose needle is put in text read into memory, never "
                       "in the live chunk (the rest: any depth).", float),
@@ -135,6 +139,9 @@ def train(quiet: bool, verbose: bool, as_json: bool, threads: int | None, **kw) 
         args.check()
     except ValueError as e:
         raise click.UsageError(str(e)) from None
+    if pipeline > 1 and args.grad_chunks:
+        raise click.UsageError("--grad-chunks works with --pipeline 1 only (a pipeline backpropagates "
+                               "through every chunk)")
 
     import torch
     from rich.console import Console

@@ -171,8 +171,10 @@ def test_train_speed_sequential_batched_and_data_parallel(tiny_data):
     assert all(r["tokens_per_s"] > 0 for r in rows)
     rows = train_speed.main(["--model", str(model), "--chunk-size", "256", "--levels", "1", "--batch", "2",
                              "--steps", "1", "--warmup", "0", "--threads", "1", "--precisions", "4bit",
-                             "--modes", "batched", "--json-out", str(tmp / "ts4.json")])
-    assert [(r["mode"], r["precision"]) for r in rows] == [("batched", "4bit")] and rows[0]["tokens_per_s"] > 0
+                             "--modes", "batched", "--grad-chunks", "0,1", "--json-out", str(tmp / "ts4.json")])
+    assert [(r["mode"], r["precision"], r["grad_chunks"]) for r in rows] == [("batched", "4bit", 0),
+                                                                             ("batched", "4bit", 1)]
+    assert all(r["tokens_per_s"] > 0 for r in rows)
 
 
 def test_priming_ab_trains_and_asks_each_layout(tiny_data):
@@ -307,3 +309,37 @@ def test_compare_runs_pairs_the_same_steps_samples(tmp_path):
     c = log("c", [{"step": 10, "tasks": {"fact": [[1.0, 1]]}}])  # another draw: nothing to pair
     with pytest.raises(SystemExit, match="different samples"):
         compare_runs.paired([a, c], first=10, window=50)
+
+
+def test_respace_adapter_changes_stride_and_budget_only(tiny_env, tmp_path, monkeypatch):
+    import importlib.util
+
+    from test_data import _make_data
+
+    from comet_core.adapter import read_adapter, save_adapter
+    from comet_core.config import CometConfig
+    from comet_core.loading import load_model, model_fingerprint
+    from comet_core.model import CometModel
+
+    spec = importlib.util.spec_from_file_location("respace_adapter", "scripts/respace_adapter.py")
+    respace = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(respace)
+    model, _, _ = tiny_env
+    lm = load_model(str(model), "bf16").model
+    cfg = CometConfig(chunk_size=64, stride=8, n_global=2, budget=8, lora_rank=2)
+    src, dst = tmp_path / "a.safetensors", tmp_path / "s4.safetensors"
+    save_adapter(src, CometModel.create(lm, cfg), model_fingerprint(lm), "tiny")
+    assert respace.main([str(src), str(dst), "stride=4", "budget=16"]) == 0
+    (m0, t0), (m1, t1) = read_adapter(src), read_adapter(dst)
+    assert m1["config"] == dict(m0["config"], stride=4, budget=16)
+    assert m1["base_fingerprint"] == m0["base_fingerprint"] and t1.keys() == t0.keys()
+    assert all(torch.equal(t0[k], t1[k]) for k in t0)
+    assert respace.main([str(src), str(tmp_path / "x.safetensors"), "n_global=4"]) == 2  # a weight shape
+    assert respace.main([str(src), str(tmp_path / "x.safetensors"), "stride=0"]) == 2
+    assert not (tmp_path / "x.safetensors").exists()
+    # the respaced adapter reads: 4 chunks at the new density
+    _make_data(tmp_path / "data")
+    monkeypatch.setenv("COMET_DATA", str(tmp_path / "data"))
+    res = heldout.main(["--model", str(model), "--adapters", str(dst), "--precisions", "bf16", "--tokens", "256",
+                        "--samples", "1", "--json-out", str(tmp_path / "heldout.json")])
+    assert res["rows"][0]["samples"] == 1 and 0 <= res["rows"][0]["passkey"] <= 1

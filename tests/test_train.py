@@ -91,6 +91,44 @@ def test_gradients_reach_every_adapter_part_through_memory():
         torch.testing.assert_close(params[k].grad, g, atol=1e-5, rtol=1e-4)
 
 
+def test_grad_chunks_truncates_backprop_to_the_last_chunks():
+    from comet_core.train.trainer import batch_loss
+
+    tok = tiny_tokenizer()
+    m = CometModel.create(tiny_lm(), CometConfig(chunk_size=32, stride=4, n_global=4, budget=8, lora_rank=2))
+    params = m.mem.trainable()
+    with torch.no_grad():
+        for k, p in params.items():
+            if k.endswith(".B"):
+                p.normal_(std=0.5)
+    for p in params.values():
+        p.requires_grad_(True)
+    encs = [encode(passkey_sample(k), tok, m.cfg, random.Random(0), n_ctx=100) for k in ("12345", "67890")]
+    n = len(encs[0].chunks)
+    assert n >= 3
+
+    def grads(grad_chunks: int):
+        for p in params.values():
+            p.grad = None
+        loss, _ = batch_loss(m, encs, grad_ckpt=False, grad_chunks=grad_chunks)
+        loss.sum().backward()
+        return loss.detach(), {k: p.grad.clone() for k, p in params.items() if p.grad is not None}
+
+    loss_all, g_all = grads(0)
+    loss_n, g_n = grads(n)  # as many as there are: the full backprop
+    loss_1, g_1 = grads(1)  # only the last context chunk (and the live one)
+    torch.testing.assert_close(loss_1, loss_all)  # the same forward
+    torch.testing.assert_close(loss_n, loss_all)
+    assert g_n.keys() == g_all.keys()
+    for k in g_all:
+        torch.testing.assert_close(g_n[k], g_all[k])
+    # the memory nets still learn from the last chunk, but earlier chunks add nothing to their gradient
+    mem = [k for k in g_all if not k.startswith("lora")]
+    assert mem and all(g_1[k].isfinite().all() for k in g_1)
+    assert any(g_1[k].abs().sum() > 0 for k in mem)
+    assert any(not torch.allclose(g_1[k], g_all[k]) for k in mem)
+
+
 def test_init_adapter_can_add_lora_targets(tmp_path):
     tok = tiny_tokenizer()
     m = CometModel.create(tiny_lm(), CometConfig(chunk_size=32, stride=4, n_global=4, budget=8, lora_rank=2))

@@ -62,6 +62,8 @@ class TrainArgs:
     time_limit_min: float | None = None
     grad_ckpt: bool = True
     ckpt_above: int = 4  # checkpoint only samples with more context chunks than this
+    grad_chunks: int = 0  # backpropagate through only the last N context chunks (truncated BPTT); the ones
+    #                       before are read without gradient. 0: through all of them
     resume: bool = False
 
     def config(self) -> CometConfig:

@@ -54,11 +54,13 @@ from .samples import Draw, Encoded, draw_batch, encode  # noqa: F401 (encode: pa
 GATED = ("passkey", "fact", "multi_needle", "vartrack")  # short exact answers: they decide promotion
 
 
-def batch_loss(model: CometModel, encs: list[Encoded], grad_ckpt: bool = True
+def batch_loss(model: CometModel, encs: list[Encoded], grad_ckpt: bool = True, grad_chunks: int = 0
                ) -> tuple[torch.Tensor, list[bool]]:
     """Answer-token cross-entropy summed per sample ([B]) and whether every answer token of each sample
     is the argmax (teacher forced). The samples share one chunk plan and run as one batch; live chunks of
-    different lengths are padded at the end (causal attention: pads never reach the real tokens)."""
+    different lengths are padded at the end (causal attention: pads never reach the real tokens).
+    grad_chunks > 0: only the last grad_chunks context chunks carry gradient (the earlier ones are read
+    under no_grad, their memory state a constant): truncated backpropagation through the chunks."""
     dev = model.device
     plan = [len(c) for c in encs[0].chunks]
     if any([len(c) for c in e.chunks] != plan for e in encs):
@@ -66,7 +68,11 @@ def batch_loss(model: CometModel, encs: list[Encoded], grad_ckpt: bool = True
     st = MemoryState.empty(model.n_layers)
     if plan:
         chunks = [torch.tensor([e.chunks[i] for e in encs], device=dev) for i in range(len(plan))]
-        st, _ = model.read(st, chunks, grad_ckpt=grad_ckpt)
+        cut = max(0, len(chunks) - grad_chunks) if grad_chunks else 0
+        if cut:
+            with torch.no_grad():
+                st, _ = model.read(st, chunks[:cut])
+        st, _ = model.read(st, chunks[cut:], grad_ckpt=grad_ckpt)
     p_max = max(len(e.live) for e in encs)
     live = torch.tensor([e.live + e.live[-1:] * (p_max - len(e.live)) for e in encs], device=dev)
     hid = model.live(st, live, grad_ckpt=grad_ckpt)  # [B, p_max, d]
@@ -369,10 +375,12 @@ def train(args: TrainArgs, on_step: Callable[[dict], None] | None = None, pp: in
             # stats: loss sum, answer tokens, text tokens, then per sample: loss, exact
             stats = torch.zeros(3 + 2 * len(batch), dtype=torch.float64, device=mesh.device)
             busy = wall = 0.0
-            ckpt = args.grad_ckpt and len(batch[0].enc.chunks) > args.ckpt_above
+            n_grad = len(batch[0].enc.chunks) if not args.grad_chunks else min(args.grad_chunks,
+                                                                                  len(batch[0].enc.chunks))
+            ckpt = args.grad_ckpt and n_grad > args.ckpt_above
             if mesh.pp == 1:
                 encs = [batch[k].enc for k in mine]
-                loss, exact = batch_loss(model, encs, ckpt)
+                loss, exact = batch_loss(model, encs, ckpt, args.grad_chunks)
                 values = loss.detach().tolist()
                 scale = torch.tensor([1.0 / (e.n_predicted * args.accum) for e in encs], device=loss.device)
                 (loss * scale).sum().backward()
