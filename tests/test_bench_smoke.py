@@ -282,6 +282,24 @@ def test_fact_errors_counts_training_values_among_wrong_answers(tmp_path, capsys
     assert f"| {tmp_path} | 3 | 1 | 2 | 1 |" in out and "right per relation: day 0/1, job 1/3" in out
 
 
+def test_passkey_errors_sorts_misses_by_kind(tmp_path, capsys):
+    from bench import passkey_errors as pe
+
+    assert pe.miss_kind("90995", "9095") == "dropped a repeated digit"
+    assert pe.miss_kind("82908", "8298.") == "dropped a digit"
+    assert pe.miss_kind("9700649", "9700694") == "swapped two digits"
+    assert pe.miss_kind("58941", "88941") == "changed a digit"
+    assert pe.miss_kind("7224773", "72247") == "other" and pe.miss_kind("1234", "I do not know") == "other"
+    rows = [{"system": "comet", "answers": str(["90995"]), "prediction": "9095", "acc": "0.0"},
+            {"system": "comet", "answers": str(["12345"]), "prediction": "12345", "acc": "1.0"},
+            {"system": "full", "answers": str(["90995"]), "prediction": "1", "acc": "0.0"}]
+    (tmp_path / "passkey-4k.json").write_text(json.dumps({"rows": rows}))
+    r = pe.passkey_errors(tmp_path)
+    assert (r["asked"], r["missed"], r["kinds"]["dropped a repeated digit"]) == (2, 1, 1)
+    pe.main([str(tmp_path)])
+    assert f"| {tmp_path} | 2 | 1 | 1 | 0 | 0 | 0 | 0 |" in capsys.readouterr().out
+
+
 def test_compare_runs_pairs_the_same_steps_samples(tmp_path):
     from bench import compare_runs
 
