@@ -18,6 +18,7 @@ from safetensors.torch import save as st_save
 
 from comet_core.adapter import read_adapter
 from comet_core.config import CometConfig
+from comet_core.errors import CometError
 from comet_core.state_io import atomic_write
 
 SETTABLE = ("stride", "budget")
@@ -28,7 +29,11 @@ def main(argv: list[str]) -> int:
         print(__doc__, file=sys.stderr)
         return 2
     src, dst, pairs = argv[0], argv[1], argv[2:]
-    meta, tensors = read_adapter(src)
+    try:
+        meta, tensors = read_adapter(src)
+    except CometError as e:  # missing, unreadable or not an adapter
+        print(f"respace_adapter: {e}", file=sys.stderr)
+        return 1
     cfg = CometConfig.from_dict(meta["config"])
     changes = {}
     for p in pairs:

@@ -354,6 +354,7 @@ def test_respace_adapter_changes_stride_and_budget_only(tiny_env, tmp_path, monk
     assert all(torch.equal(t0[k], t1[k]) for k in t0)
     assert respace.main([str(src), str(tmp_path / "x.safetensors"), "n_global=4"]) == 2  # a weight shape
     assert respace.main([str(src), str(tmp_path / "x.safetensors"), "stride=0"]) == 2
+    assert respace.main([str(tmp_path / "none.safetensors"), str(tmp_path / "x.safetensors"), "stride=4"]) == 1
     assert not (tmp_path / "x.safetensors").exists()
     # the respaced adapter reads: 4 chunks at the new density
     _make_data(tmp_path / "data")
