@@ -362,3 +362,43 @@ def test_respace_adapter_changes_stride_and_budget_only(tiny_env, tmp_path, monk
     res = heldout.main(["--model", str(model), "--adapters", str(dst), "--precisions", "bf16", "--tokens", "256",
                         "--samples", "1", "--json-out", str(tmp_path / "heldout.json")])
     assert res["rows"][0]["samples"] == 1 and 0 <= res["rows"][0]["passkey"] <= 1
+
+
+def test_passkey_likelihood_scores_the_key_and_the_miss_on_the_measured_sample(tiny_env, tmp_path, monkeypatch):
+    from test_data import _make_data
+
+    from bench import passkey_likelihood as pl
+    from comet_core.adapter import save_adapter
+    from comet_core.config import CometConfig
+    from comet_core.evaluate import make_cells
+    from comet_core.loading import load_model, model_fingerprint
+    from comet_core.model import CometModel
+
+    model, _, _ = tiny_env
+    _make_data(tmp_path / "data")
+    monkeypatch.setenv("COMET_DATA", str(tmp_path / "data"))
+    lm = load_model(str(model), "bf16")
+    cfg = CometConfig(chunk_size=64, stride=8, n_global=2, budget=8, lora_rank=2)
+    adapter = tmp_path / "a.safetensors"
+    save_adapter(adapter, CometModel.create(lm.model, cfg), model_fingerprint(lm.model), "tiny")
+    key = make_cells("passkey", lm.tokenizer, [256], [0.5], 2, seed=0)[(256, 0.5)][1].answer
+    cell = {"system": "comet", "length": 256, "depth": 0.5}
+    rows = [dict(cell, sample=1, answers=[key], prediction=key[:-1], acc=0.0),
+            dict(cell, sample=0, answers=["1"], prediction="1", acc=1.0)]
+    run = {"adapter": str(adapter), "precisions": ["bf16"], "seed": 0, "rows": rows}
+    (tmp_path / "passkey-short.json").write_text(json.dumps(run))
+    res = pl.main([str(tmp_path), "--model", str(model), "--json-out", str(tmp_path / "l.json")])
+    (row,) = res["rows"]  # the right answer is not scored
+    assert (row["key"], row["said"]) == (key, key[:-1]) and row["logp_key"] < 0 and row["logp_said"] < 0
+    # where the answers part, the prefix's own forward gives the same probabilities as the whole answer's
+    engine = pl.load(str(model), "bf16", adapter)
+    s = make_cells("passkey", engine.tok, [256], [0.5], 2, seed=0)[(256, 0.5)][1]
+    lp_key, lp_said = pl.answer_logprobs(engine, engine.read(s.context), s.question, [key, key[:-1]])
+    assert math.isclose(row["logp_key"], float(lp_key.sum()), rel_tol=1e-4)
+    assert math.isclose(row["p_said"], math.exp(lp_said[row["at"]]), rel_tol=1e-3)
+    assert math.isclose(row["p_key"], math.exp(lp_key[row["at"]]), rel_tol=1e-3) and row["rank_key"] >= 1
+    assert json.loads((tmp_path / "l.json").read_text())["rows"] == res["rows"]
+    rows[0]["answers"] = ["0"]  # a folder measured on other samples is refused
+    (tmp_path / "passkey-short.json").write_text(json.dumps(run))
+    with pytest.raises(SystemExit, match="not the one measured"):
+        pl.main([str(tmp_path), "--model", str(model), "--json-out", str(tmp_path / "l.json")])
