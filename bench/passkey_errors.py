@@ -11,6 +11,7 @@ import ast
 import json
 import sys
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 KINDS = ("dropped a repeated digit", "dropped a digit", "swapped two digits", "changed a digit", "other")
@@ -30,20 +31,25 @@ def miss_kind(key: str, said: str) -> str:
     return KINDS[4]
 
 
+def comet_rows(folder: Path) -> Iterator[tuple[dict, dict, str]]:
+    """(run, row, key) for every comet row of every passkey-*.json in `folder` (run: the file's JSON)."""
+    for f in sorted(folder.glob("passkey-*.json")):
+        run = json.loads(f.read_text())
+        for row in run["rows"]:
+            if row["system"] == "comet":
+                answers = row["answers"]
+                yield run, row, (ast.literal_eval(answers) if isinstance(answers, str) else answers)[0]
+
+
 def passkey_errors(folder: Path) -> dict:
     """Asked, right, and the misses by kind, with the (key, answer) pairs of the misses."""
     asked, kinds, misses = 0, Counter(), []
-    for f in sorted(folder.glob("passkey-*.json")):
-        for row in json.loads(f.read_text())["rows"]:
-            if row["system"] != "comet":
-                continue
-            asked += 1
-            if float(row["acc"]) == 1.0:
-                continue
-            answers = row["answers"]
-            key = (ast.literal_eval(answers) if isinstance(answers, str) else answers)[0]
-            kinds[miss_kind(key, row["prediction"])] += 1
-            misses.append((key, row["prediction"]))
+    for _, row, key in comet_rows(folder):
+        asked += 1
+        if float(row["acc"]) == 1.0:
+            continue
+        kinds[miss_kind(key, row["prediction"])] += 1
+        misses.append((key, row["prediction"]))
     return {"folder": str(folder), "asked": asked, "missed": len(misses),
             "kinds": {k: kinds[k] for k in KINDS}, "misses": misses}
 

@@ -11,7 +11,6 @@ where it scores lower, the memory does not hold it.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from pathlib import Path
 
@@ -19,6 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from bench.common import RESULTS, finish
+from bench.passkey_errors import comet_rows
+from comet_cli.values import parse_token_list
 from comet_core.answer import prepare
 from comet_core.engine import Engine, load
 from comet_core.evaluate import make_cells
@@ -27,32 +28,40 @@ from comet_core.prompt import end_of_turn_id, question_ids
 
 
 @torch.no_grad()
-def answer_logprobs(engine: Engine, state: MemoryState, question: str, answers: list[str]) -> list[torch.Tensor]:
-    """Per-token log-probabilities [n_i + 1] of each answer (its tokens, then the end of the turn) after
-    `question`, read from `state` in the adapter's answer layout."""
+def answer_dists(engine: Engine, state: MemoryState, question: str, answers: list[str]
+                 ) -> list[tuple[list[int], torch.Tensor]]:
+    """For each answer: its target ids (its tokens, then the end of the turn) and the log-probabilities
+    [n_i + 1, V] the model gives at each of them after `question`, read from `state` in the adapter's
+    answer layout (one forward of the live chunk per answer; the state's pending tail is flushed once)."""
     tok, model = engine.tok, engine.model
     st, prompt = prepare(model, state, question_ids(tok, question), model.cfg.priming)
     out = []
     for a in answers:
         target = tok.encode(a, add_special_tokens=False) + [end_of_turn_id(tok)]
         ids = torch.tensor([prompt + target], device=model.device)
-        logp = F.log_softmax(model.logits(model.live(st, ids)[0, len(prompt) - 1:-1]), dim=-1)
-        out.append(logp.gather(1, torch.tensor(target, device=logp.device)[:, None])[:, 0].cpu())
+        out.append((target, F.log_softmax(model.logits(model.live(st, ids)[0, len(prompt) - 1:-1]), dim=-1).cpu()))
     return out
 
 
-def first_split(engine: Engine, state: MemoryState, question: str, key: str, said: str) -> dict:
-    """At the first token where `key` and `said` part: probability and rank of the key's token."""
-    tok, model = engine.tok, engine.model
-    k_ids, s_ids = (tok.encode(x, add_special_tokens=False) + [end_of_turn_id(tok)] for x in (key, said))
-    i = next((j for j in range(min(len(k_ids), len(s_ids))) if k_ids[j] != s_ids[j]), None)
+def token_logprobs(target: list[int], logp: torch.Tensor) -> torch.Tensor:
+    """The log-probabilities [n] of the target ids among their distributions logp [n, V]."""
+    return logp[torch.arange(len(target)), target]
+
+
+def answer_logprobs(engine: Engine, state: MemoryState, question: str, answers: list[str]) -> list[torch.Tensor]:
+    """Per-token log-probabilities [n_i + 1] of each answer (see answer_dists)."""
+    return [token_logprobs(*d) for d in answer_dists(engine, state, question, answers)]
+
+
+def first_split(key: tuple[list[int], torch.Tensor], said: list[int]) -> dict:
+    """At the first token where the key's target ids and `said`'s part: probability and rank of the key's
+    token and probability of said's, from the key's distributions (the same prefix: the same forward)."""
+    k_ids, logp = key
+    i = next((j for j in range(min(len(k_ids), len(said))) if k_ids[j] != said[j]), None)
     if i is None:  # the same tokens: the answer was right after all
         return {"at": None, "p_key": 1.0, "p_said": 1.0, "rank_key": 1}
-    st, prompt = prepare(model, state, question_ids(tok, question), model.cfg.priming)
-    with torch.no_grad():
-        p = F.softmax(model.logits(model.live(st, torch.tensor([prompt + k_ids[:i]], device=model.device))[0, -1]),
-                      dim=-1)
-    return {"at": i, "p_key": float(p[k_ids[i]]), "p_said": float(p[s_ids[i]]),
+    p = logp[i].exp()
+    return {"at": i, "p_key": float(p[k_ids[i]]), "p_said": float(p[said[i]]),
             "rank_key": int((p > p[k_ids[i]]).sum()) + 1}
 
 
@@ -64,32 +73,29 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--lengths", default="", help="only these lengths, in tokens (default: every length)")
     ap.add_argument("--json-out", type=Path, help=f"default: {RESULTS}/passkey_likelihood.json")
     args = ap.parse_args(argv)
-    lengths = {int(x) for x in args.lengths.split(",") if x}
-    runs = [json.loads(f.read_text()) for f in sorted(args.folder.glob("passkey-*.json"))]
-    if not runs:
+    lengths = set(parse_token_list(args.lengths))
+    if not any(args.folder.glob("passkey-*.json")):
         raise SystemExit(f"passkey_likelihood: no passkey-*.json in {args.folder}")
-    adapter = args.adapter or runs[0]["adapter"]
-    engine = load(args.model, runs[0]["precisions"][0], adapter)
+    misses = [(run, r, key) for run, r, key in comet_rows(args.folder)
+              if float(r["acc"]) < 1.0 and (not lengths or r["length"] in lengths)]
+    adapter = args.adapter or (misses[0][0]["adapter"] if misses else None)
+    engine = load(args.model, misses[0][0]["precisions"][0], adapter) if misses else None
     rows = []
-    for run in runs:
-        misses = [r for r in run["rows"] if r["system"] == "comet" and float(r["acc"]) < 1.0
-                  and (not lengths or r["length"] in lengths)]
-        for r in misses:
-            cells = make_cells("passkey", engine.tok, [r["length"]], [r["depth"]], r["sample"] + 1, seed=run["seed"],
-                               chunk_size=engine.model.cfg.chunk_size)
-            s = cells[(r["length"], r["depth"])][r["sample"]]
-            key, said = s.answer, r["prediction"].strip()
-            if [key] != list(r["answers"]):
-                raise SystemExit(f"passkey_likelihood: sample {r['sample']} at {r['length']} is not the one measured")
-            state = engine.read(s.context)
-            lp_key, lp_said = answer_logprobs(engine, state, s.question, [key, said])
-            row = {"length": r["length"], "depth": r["depth"], "key": key, "said": said,
-                   "logp_key": float(lp_key.sum()), "logp_said": float(lp_said.sum())}
-            row |= first_split(engine, state, s.question, key, said)
-            rows.append(row)
-            print(f"{key:>8} said {said:<10} log p {row['logp_key']:7.2f} vs {row['logp_said']:7.2f}   at token "
-                  f"{row['at']}: p(key) {row['p_key']:.3f} rank {row['rank_key']}, p(said) {row['p_said']:.3f}",
-                  flush=True)
+    for run, r, key in misses:
+        cells = make_cells("passkey", engine.tok, [r["length"]], [r["depth"]], r["sample"] + 1, seed=run["seed"],
+                           chunk_size=engine.model.cfg.chunk_size)
+        s = cells[(r["length"], r["depth"])][r["sample"]]
+        said = r["prediction"].strip()
+        if s.answer != key:
+            raise SystemExit(f"passkey_likelihood: sample {r['sample']} at {r['length']} is not the one measured")
+        k, sd = answer_dists(engine, engine.read(s.context), s.question, [key, said])
+        row = {"length": r["length"], "depth": r["depth"], "key": key, "said": said,
+               "logp_key": float(token_logprobs(*k).sum()), "logp_said": float(token_logprobs(*sd).sum())}
+        row |= first_split(k, sd[0])
+        rows.append(row)
+        print(f"{key:>8} said {said:<10} log p {row['logp_key']:7.2f} vs {row['logp_said']:7.2f}   at token "
+              f"{row['at']}: p(key) {row['p_key']:.3f} rank {row['rank_key']}, p(said) {row['p_said']:.3f}",
+              flush=True)
     better = sum(r["logp_key"] > r["logp_said"] for r in rows)
     print(f"{better} of {len(rows)} missed keys score higher than the greedy answer "
           f"(median p(key) where they part: {sorted(r['p_key'] for r in rows)[len(rows) // 2]:.3f})" if rows
