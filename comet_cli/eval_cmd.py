@@ -23,6 +23,7 @@ from pathlib import Path
 import click
 
 from comet_core.config import PRECISIONS
+from comet_core.tasks import TooShort
 
 from .live import fmt_duration
 from .options import QUIET, json_option, model_option, stack, threads_option
@@ -89,6 +90,19 @@ def fact(lengths: str, depths: str, out: str | None, **o) -> None:
     """One sentence of fact (a person's city, job, pet, ...) hidden in unrelated prose and asked in plain
     words, with names and phrasings the training never saw: accuracy (the answer appears in the reply)."""
     run_eval("fact", lengths, depths, out, o)
+
+
+@eval_group.command()
+@click.option("--lengths", default="4k,16k", show_default=True, help="Log lengths in tokens.")
+@click.option("--depths", default="0,0.25,0.5,0.75,1", show_default=True, help="Depths of the line that states "
+              "the cause (0 = start).")
+@click.option("--out", type=click.Path(dir_okay=False), help="Write a heat map of accuracy (PNG).")
+@common_options(samples=4)
+def incident(lengths: str, depths: str, out: str | None, **o) -> None:
+    """A service log in which one scheduled job fails among routine lines and unrelated warnings, and a
+    question about why, with log formats, jobs, cause wordings and questions the training never saw:
+    accuracy (a word that names the cause appears in the reply)."""
+    run_eval("incident", lengths, depths, out, o)
 
 
 @eval_group.command("needle-qa")
@@ -171,7 +185,10 @@ def run_eval(task: str, lengths_text: str, depths_text: str | None, out: str | N
                 window = ev.window(engine)
                 if cells is None:
                     progress.note("building samples")
-                    cells = ev.make_cells(task, engine.tok, lengths, depths, samples, o["seed"], cfg.chunk_size)
+                    try:
+                        cells = ev.make_cells(task, engine.tok, lengths, depths, samples, o["seed"], cfg.chunk_size)
+                    except TooShort as e:  # a length the user chose
+                        raise click.UsageError(f"--lengths: {e}") from None
                 if task == "lm":
                     rows += ev.run_lm(s, engine, cells, cfg.chunk_size, on_row)
                 else:
@@ -185,7 +202,8 @@ def run_eval(task: str, lengths_text: str, depths_text: str | None, out: str | N
         from .plot import heatmap
 
         heatmap(summary, out, "f1" if task == "needle_qa" else "acc",
-                {"needle_qa": "needle-QA F1", "fact": "fact accuracy"}.get(task, "passkey accuracy"))
+                {"needle_qa": "needle-QA F1", "fact": "fact accuracy", "incident": "incident accuracy"}.get(
+                    task, "passkey accuracy"))
         progress.note(f"wrote {out}")
     if o["as_json"]:
         result = {"task": task, "model": o["model"] or "smollm2", "adapter": str(adapter),
@@ -319,7 +337,8 @@ def print_tables(task: str, summary: list[dict], targets: list[dict]) -> None:
         else:
             metric = "f1" if task == "needle_qa" else "acc"
             depths = sorted({r["depth"] for r in summary if r["depth"] not in (None, "all")})
-            name = {"passkey": "passkey accuracy %", "fact": "fact accuracy % by depth"}.get(
+            name = {"passkey": "passkey accuracy %", "fact": "fact accuracy % by depth",
+                    "incident": "incident accuracy % by depth (the cause named)"}.get(
                 task, "needle-QA F1 % by depth")
             t = Table(title=f"{name} ({p})")
             t.add_column("system")

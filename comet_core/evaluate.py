@@ -14,7 +14,8 @@ the raw context, then ``question_ids`` (the question in the chat template, assis
 decoding. CoMeT reads and answers as the CLI does (``Engine.read``, then ``Engine.answer``: the answer
 layout of ``answer.py``, where the pending tail beyond the priming length is read into memory first).
 
-Scores. passkey: the key appears in the answer (``tasks.score``). needle_qa: SQuAD exact match and token F1
+Scores. passkey: the key appears in the answer (``tasks.score``). incident (a service log in which one job
+fails, asked why): a word that names the cause appears in the answer. needle_qa: SQuAD exact match and token F1
 against every gold answer. lm: perplexity of the tokens of chunk k+1 of a held-out play or essay given the
 k chunks before it (k = length // chunk_size), with memory (CoMeT reads k chunks, then scores chunk k+1 as
 the live chunk, teacher-forced), without memory (chunk k+1 alone on an empty state, same adapter:
@@ -56,14 +57,15 @@ from .tasks import Sample, documents, make_lm, make_sample, score
 from .tasks.summaries import eval_samples, load_summaries
 
 SYSTEMS = ("comet", "untrained", "full")
-TASKS = ("passkey", "fact", "needle_qa", "lm", "summary")
+TASKS = ("passkey", "fact", "needle_qa", "incident", "lm", "summary")
 DOCUMENTS = {"passkey": ("essays", "plays"), "fact": ("essays", "plays"), "needle_qa": ("squad", "essays"),
-             "lm": ("plays", "essays"), "summary": ("plays", "essays")}
+             "incident": (), "lm": ("plays", "essays"), "summary": ("plays", "essays")}  # incident: written here
 PREFILL = 8192  # tokens per forward when the full-attention baseline prefills (SmolLM2: one forward)
 FAR_ABOVE = 0.20  # needle-QA / fact beyond the window: CoMeT must beat full attention by this much
 WITHIN = 0.05  # needle-QA inside the window: CoMeT's F1 may trail full attention by at most this much
 PASSKEY_MIN = 0.95  # passkey: accuracy at every depth
-AGAINST_FULL = {"needle_qa": ("f1", "F1", WITHIN), "fact": ("acc", "acc", 0.0)}  # task: metric, label, tolerance
+AGAINST_FULL = {"needle_qa": ("f1", "F1", WITHIN), "fact": ("acc", "acc", 0.0),  # task: metric, label, tolerance
+                "incident": ("acc", "acc", 0.0)}
 
 
 # --- systems -------------------------------------------------------------------------------------------
@@ -330,8 +332,8 @@ def check_targets(summary: list[dict]) -> list[dict]:
     passkey: accuracy >= 95% at every depth;
     needle_qa: F1 at most 5 points below full attention where the input fits the window, and at least
     20 points ("far") above it where it does not;
-    fact: accuracy at least that of full attention where the input fits the window, at least 20 points
-    above it where it does not."""
+    fact, incident: accuracy at least that of full attention where the input fits the window, at least 20
+    points above it where it does not."""
     idx = {(r["precision"], r["system"], r["length"], r["depth"]): r for r in summary}
     out = []
     for r in summary:

@@ -26,6 +26,7 @@ WORDS = ("river stone garden window market letter silver winter summer harbor va
          "ancient gentle careful simple strange warm cold north south early late open closed").split()
 MONTHS = ("January", "March", "May", "July", "September", "November")
 DRAWN = tuple(t for t in data.TASKS if t != "summary")  # summary reads a file a model writes: test_summaries.py
+FROM_DOCS = tuple(t for t in DRAWN if t != "incident")  # incident writes its own log lines
 
 
 def _sentence(rng: random.Random, tag: str) -> str:
@@ -206,7 +207,7 @@ def test_train_eval_disjoint(tok):
     assert eval_tags and not eval_tags & train_tags
     rng = random.Random(3)
     for _ in range(3):
-        for task in DRAWN:
+        for task in FROM_DOCS:
             s = data.make_sample(task, tok, 900, rng, "eval")
             used = _tags(s.context + " " + s.answer)
             assert used and used <= eval_tags, (task, used - eval_tags)
@@ -259,7 +260,7 @@ def test_bad_arguments(tok):
 def test_missing_data_message(tok, tmp_path, monkeypatch):
     monkeypatch.setenv("COMET_DATA", str(tmp_path / "nothing"))
     assert data.data_dir() == (tmp_path / "nothing").resolve()
-    for task in DRAWN:
+    for task in FROM_DOCS:
         with pytest.raises(data.DataMissingError, match="fetch_data.py"):
             data.make_sample(task, tok, 500, random.Random(0), "train")
 
@@ -394,3 +395,45 @@ def test_training_draws_fit_tasks_with_long_pieces_into_half_a_chunk(tok):
     for seed in range(12):
         batch = draw_batch(tok, cfg, random.Random(seed), 1, {"vartrack": 1.0}, 4)
         assert len(batch) == 4 and all(d.task == "vartrack" and d.enc.chunks for d in batch)
+
+
+def test_incident_log_states_the_cause_at_its_depth_and_the_answer_names_it(tok):
+    for depth in (0.0, 0.5, 1.0):
+        for seed in range(4):
+            s = data.make_sample("incident", tok, 6000, random.Random(seed), "train", depth=depth)
+            at = s.meta["char_positions"][0]
+            assert s.context[at:].startswith(s.meta["needle"]) and s.meta["cause_line"] in s.meta["needle"]
+            assert "ERROR" in s.meta["needle"] or "]:" in s.meta["needle"]  # syslog lines carry no level
+            assert abs(s.meta["depth"] - depth) <= 0.1, (depth, s.meta["depth"])
+            assert f"job {s.meta['job']} FAILED" in s.context[at:]
+            assert data.score(s, s.answer) == {"acc": 1.0}  # the sentence training teaches names the cause
+            lines = s.context.split("\n")
+            assert lines[-1] == "" and all(re.match(r"(\[|time=|[A-Z][a-z]{2} \d|\d{4}-)", x) for x in lines[1:-1])
+
+
+def test_incident_causes_are_told_apart_by_the_score():
+    from comet_core.tasks.incidents import _CAUSES, _values
+
+    v = _values(random.Random(0))
+    for a in _CAUSES:
+        for b in _CAUSES:
+            s = data.Sample("log", "Why did it fail?", a["answer"].format(**v), "incident",
+                            [k.format(**v) for k in a["keys"]])
+            assert data.score(s, b["answer"].format(**v)) == {"acc": float(a is b)}, (a["name"], b["name"])
+
+
+def test_incident_eval_split_is_worded_and_formatted_differently(tok):
+    from comet_core.tasks.incidents import _CAUSES, _DATA
+
+    train_jobs = {j for j, _ in _DATA["jobs"]["train"]}
+    assert train_jobs and not train_jobs & {j for j, _ in _DATA["jobs"]["eval"]}
+    assert not set(_DATA["formats"]["train"]) & set(_DATA["formats"]["eval"])
+    assert not set(_DATA["questions"]["train"]) & set(_DATA["questions"]["eval"])
+    for c in _CAUSES:
+        assert not set(c["train"]) & set(c["eval"]), c["name"]
+    rng = random.Random(5)
+    for _ in range(8):
+        s = data.make_sample("incident", tok, 600, rng, "eval")
+        assert s.meta["job"] not in train_jobs and s.meta["format"] in _DATA["formats"]["eval"]
+        t = data.make_sample("incident", tok, 600, rng, "train")
+        assert t.meta["job"] in train_jobs and not any(j in t.context for j, _ in _DATA["jobs"]["eval"])

@@ -29,7 +29,7 @@ from comet_core.generate import repeat_bans
 from comet_core.loading import Loaded, load_model, model_fingerprint
 from comet_core.model import CometModel
 from comet_core.prompt import followup_ids, question_ids
-from comet_core.tasks import DataMissingError, make_sample, squad_f1
+from comet_core.tasks import DataMissingError, make_sample, normalize_answer, squad_f1
 
 CFG = CometConfig(chunk_size=64, stride=8, n_global=4, budget=16, lora_rank=2)
 
@@ -251,6 +251,22 @@ def test_cli_needle_qa_and_lm(env):
     result = run_cli(["passkey", *common, "--lengths", "200", "--depths", "0.5", "--systems", "comet",
                       "--max-new-tokens", "2", "-q"])
     assert "passkey accuracy" in result.stdout and "target passkey fp32 200" in result.stdout
+
+
+def test_cli_incident_scores_the_cause_named_against_full_attention(env):
+    common = ["--model", str(env / "model"), "--adapter", str(env / "adapter.safetensors"), "--precision", "fp32"]
+    out = json.loads(run_cli(["incident", *common, "--lengths", "700", "--depths", "0,1", "--samples", "2",
+                              "--systems", "comet,full", "--max-new-tokens", "3", "--json", "-q"]).stdout)
+    assert out["task"] == "incident" and len(out["rows"]) == 8
+    for r in out["rows"]:
+        said = f" {normalize_answer(r['prediction'])} "
+        assert r["acc"] == float(any(f" {normalize_answer(k)} " in said for k in r["answers"]))
+    assert [t["rule"] for t in out["targets"]] == ["acc >= full"]
+    text = run_cli(["incident", *common, "--lengths", "700", "--depths", "0.5", "--systems", "comet",
+                    "--max-new-tokens", "2", "-q"]).stdout
+    assert "incident accuracy" in text
+    r = CliRunner().invoke(cli, ["eval", "incident", *common, "--lengths", "40", "--systems", "comet", "-q"])
+    assert r.exit_code == 2 and "--lengths: n_tokens=40 is too small" in r.stderr, r.stderr
 
 
 def test_cli_summary_scores_f1_against_the_teacher(env):

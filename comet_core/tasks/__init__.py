@@ -13,15 +13,16 @@ The split is ``"train"`` or ``"eval"``, and the two use *disjoint* source docume
   their id (about 10% go to eval);
 * filler, needles and questions all come from the requested split only.
 
-Tasks (``TASKS``): ``passkey``, ``fact``, ``needle_qa``, ``multi_needle``, ``vartrack``, ``recall``, ``lm``
-and ``summary`` (the base model's own summary of a passage, made by ``scripts/make_summaries.py``); see
+Tasks (``TASKS``): ``passkey``, ``fact``, ``needle_qa``, ``multi_needle``, ``vartrack``, ``recall``, ``lm``,
+``summary`` (the base model's own summary of a passage, made by ``scripts/make_summaries.py``) and
+``incident`` (a service log in which one job fails, asked why: written line by line, no data needed); see
 ``make_sample``. The eval split of ``passkey`` and ``fact`` is also *phrased* differently: its
 needles and questions use templates (and, for facts, names and values) that training never sees.
 Metrics: ``squad_em``, ``squad_f1`` and ``score``.
 
 Modules: ``corpus`` (the data folder, source documents and the split), ``haystack`` (filler text with
-inserts at chosen depths), ``generators`` (``Sample`` and the tasks), ``summaries`` (the summaries to distil)
-and ``metrics``.
+inserts at chosen depths), ``generators`` (``Sample`` and the tasks), ``summaries`` (the summaries to distil),
+``incidents`` (the service logs) and ``metrics``.
 """
 
 from __future__ import annotations

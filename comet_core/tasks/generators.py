@@ -29,7 +29,8 @@ from .haystack import (
 )
 from .values import article, open_pools
 
-TASKS: tuple[str, ...] = ("passkey", "fact", "needle_qa", "multi_needle", "vartrack", "recall", "lm", "summary")
+TASKS: tuple[str, ...] = ("passkey", "fact", "needle_qa", "multi_needle", "vartrack", "recall", "lm", "summary",
+                          "incident")
 
 
 @dataclass
@@ -386,6 +387,12 @@ def _make_summary(*args: Any) -> Sample:
     return make_summary(*args)
 
 
+def _make_incident(*args: Any) -> Sample:
+    from .incidents import make_incident  # (incidents.py builds on this module)
+
+    return make_incident(*args)
+
+
 _MAKERS: dict[str, Callable[..., Sample]] = {
     "passkey": make_passkey,
     "fact": make_fact,
@@ -395,6 +402,7 @@ _MAKERS: dict[str, Callable[..., Sample]] = {
     "recall": make_recall,
     "lm": make_lm,
     "summary": _make_summary,
+    "incident": _make_incident,
 }
 
 

@@ -55,6 +55,7 @@ def score(sample: Sample, prediction: str) -> dict[str, float]:
     """Task metrics of one prediction:
     * ``passkey``/``multi_needle``: acc (the number appears in the prediction);
     * ``fact``: acc (the normalised answer appears in the normalised prediction), em and f1;
+    * ``incident``: acc (one of the words that name the cause, ``answers``, appears in the prediction);
     * ``needle_qa``: em and f1;
     * ``vartrack``: acc (exact set of names) and recall;
     * ``lm``: em and f1 against the continuation (perplexity is the trainer's job)."""
@@ -65,6 +66,9 @@ def score(sample: Sample, prediction: str) -> dict[str, float]:
         found = set(re.findall(r"\b[A-Z]{5}\b", prediction))
         return {"acc": float(found == gold), "recall": len(found & gold) / len(gold)}
     golds = sample.answers or [sample.answer]
+    if sample.task == "incident":
+        words = f" {normalize_answer(prediction)} "
+        return {"acc": float(any(f" {normalize_answer(g)} " in words for g in golds))}
     out = {"em": squad_em(prediction, golds), "f1": squad_f1(prediction, golds)}
     if sample.task == "fact":
         words = f" {normalize_answer(prediction)} "

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Generated answers on the eval split (held-out text and wordings), the measure of "memory that answers":
 # passkey and fact at the lengths the training reached (256 to 1k tokens) and at 4k / 16k (20 and 10
-# samples over 5 depths), then the app-log question. Prints one table at the end, and how the fact
+# samples over 5 depths), why a job failed in a service log at 4k / 16k, then the app-log question. Prints one table at the end, and how the fact
 # questions with eval-only values (cities, jobs, pet names training never shows) were answered.
 #
 #   bash docs/eval/answers.sh ADAPTER OUTDIR [SYSTEMS]      # SYSTEMS: comet (default), or e.g. comet,full
 #
-# ~15 min for comet alone on the 2-core CPU; full attention adds ~10 min.
+# ~20 min for comet alone on the 2-core CPU; full attention adds ~15 min.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 a=$1 o=$2 sys=${3:-comet}
@@ -21,6 +21,8 @@ run passkey-16k passkey --lengths 16k --samples 2
 run fact-short fact --lengths 256,512,1k --samples 4
 run fact-4k fact --lengths 4k --samples 4
 run fact-16k fact --lengths 16k --samples 2
+run incident-4k incident --lengths 4k --samples 4
+run incident-16k incident --lengths 16k --samples 2
 comet ask --adapter "$a" samples/app.log "Why did the nightly job fail?" > "$o/ask-app-log.txt" 2> "$o/ask-app-log.log"
 if [[ ,$sys, == *,full,* ]]; then  # the same question with the whole log in the model's window
   python -c 'import sys; from comet_core import evaluate as ev; e = ev.load_system("full", None, "4bit", None)
