@@ -386,15 +386,16 @@ def test_recall_fits_the_shortest_training_text(tok):
 
 
 def test_training_draws_fit_tasks_with_long_pieces_into_half_a_chunk(tok):
-    """A level-1 step draws texts of half a chunk up: a set of variable chains (or a SQuAD paragraph) that does
-    not fit is drawn again (the same task, so the mix holds) instead of stopping the run."""
+    """A level-1 step draws texts of half a chunk up: a set of variable chains (or a SQuAD paragraph, or an
+    incident) that does not fit is drawn again (the same task, so the mix holds) instead of stopping the run."""
     from comet_core.config import CometConfig
     from comet_core.train.samples import draw_batch
 
     cfg = CometConfig(chunk_size=256, n_global=4, budget=16)
-    for seed in range(12):
-        batch = draw_batch(tok, cfg, random.Random(seed), 1, {"vartrack": 1.0}, 4)
-        assert len(batch) == 4 and all(d.task == "vartrack" and d.enc.chunks for d in batch)
+    for task in ("vartrack", "incident"):
+        for seed in range(12):
+            batch = draw_batch(tok, cfg, random.Random(seed), 1, {task: 1.0}, 4)
+            assert len(batch) == 4 and all(d.task == task and d.enc.chunks for d in batch)
 
 
 def test_incident_log_states_the_cause_at_its_depth_and_the_answer_names_it(tok):
@@ -405,7 +406,7 @@ def test_incident_log_states_the_cause_at_its_depth_and_the_answer_names_it(tok)
             assert s.context[at:].startswith(s.meta["needle"]) and s.meta["cause_line"] in s.meta["needle"]
             assert "ERROR" in s.meta["needle"] or "]:" in s.meta["needle"]  # syslog lines carry no level
             assert abs(s.meta["depth"] - depth) <= 0.1, (depth, s.meta["depth"])
-            assert f"job {s.meta['job']} FAILED" in s.context[at:]
+            assert f"job {s.meta['job']} FAILED" in s.context[at:] and s.meta["job"] in s.meta["needle"]
             assert data.score(s, s.answer) == {"acc": 1.0}  # the sentence training teaches names the cause
             lines = s.context.split("\n")
             assert lines[-1] == "" and all(re.match(r"(\[|time=|[A-Z][a-z]{2} \d|\d{4}-)", x) for x in lines[1:-1])

@@ -60,8 +60,8 @@ def _render(fmt: str, t: dt.datetime, event: Event, hostname: str, pid: int) -> 
 
 def _incident(rng: random.Random, split: str, n_tokens: int) -> tuple[list[Event], int, str, str, list[str], dict]:
     """(the incident's events, index of the cause line, question, answer, keys, meta). Short logs get a
-    short incident: under 256 tokens the cause and the FAILED line alone, then one more routine line
-    between the incident's lines per 256 tokens."""
+    short incident: under 256 tokens the cause line alone (in the job's component), then one more routine
+    line between the incident's lines per 256 tokens."""
     room = max(0, n_tokens // 256 - 1)
     name, desc = rng.choice(_DATA["jobs"][split])
     schedule = rng.choice(_DATA["jobs"]["schedules"])
@@ -87,7 +87,8 @@ def _incident(rng: random.Random, split: str, n_tokens: int) -> tuple[list[Event
     events.append(("ERROR", name, rng.choice(cause[split]).format(**v)))
     events += gap(2)
     why = f": {cause['short'].format(**v)}" if rng.random() < 0.5 else ""
-    events.append(("ERROR", "scheduler", f"job {name} FAILED (exit 1){why}"))
+    if n_tokens >= 256:
+        events.append(("ERROR", "scheduler", f"job {name} FAILED (exit 1){why}"))
     if rng.random() < 0.3 and room:
         events.append(("INFO", "alert", f"paged on-call for job {name}"))
     question = rng.choice(_DATA["questions"][split]).format(desc=desc, Desc=desc[:1].upper() + desc[1:], job=name,
