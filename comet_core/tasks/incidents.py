@@ -145,9 +145,10 @@ def make_incident(tokenizer: Any, n_tokens: int, rng: random.Random, split: str 
     while True:  # the line the cut falls in, earlier than every line of the body
         t0 -= dt.timedelta(seconds=rng.uniform(0.05, 40))
         head = _render(fmt, t0, _routine(rng), hostname, pid) + "\n"
-        if want < _ntok(tokenizer, head):
+        head_tok = _ntok(tokenizer, head)
+        if want < head_tok:
             break
-        body, want = head + body, want - _ntok(tokenizer, head)  # a whole line is not enough: it goes in
+        body, want = head + body, want - head_tok  # a whole line is not enough: it goes in
         lines.insert(0, head[:-1])
         start += 1
     context = body
@@ -161,8 +162,7 @@ def make_incident(tokenizer: Any, n_tokens: int, rng: random.Random, split: str 
         if abs(got - n_tokens) <= tol:
             break
         want += n_tokens - got
-    n_ctx = _ntok(tokenizer, context)
     before = context[: len(context) - len(body) + sum(len(x) + 1 for x in lines[: start + at])]
-    meta.update(n_tokens=n_ctx, depth=_ntok(tokenizer, before) / max(1, n_ctx), requested_depth=d, format=fmt,
+    meta.update(n_tokens=got, depth=_ntok(tokenizer, before) / max(1, got), requested_depth=d, format=fmt,
                 needle=lines[start + at], char_positions=[len(before)], needle_end=len(before) + len(lines[start + at]))
     return Sample(context, question, answer, "incident", keys, meta)

@@ -67,10 +67,14 @@ def score(sample: Sample, prediction: str) -> dict[str, float]:
         return {"acc": float(found == gold), "recall": len(found & gold) / len(gold)}
     golds = sample.answers or [sample.answer]
     if sample.task == "incident":
-        words = f" {normalize_answer(prediction)} "
-        return {"acc": float(any(f" {normalize_answer(g)} " in words for g in golds))}
+        return {"acc": _mentions(prediction, golds)}
     out = {"em": squad_em(prediction, golds), "f1": squad_f1(prediction, golds)}
     if sample.task == "fact":
-        words = f" {normalize_answer(prediction)} "
-        out = {"acc": float(any(f" {normalize_answer(g)} " in words for g in golds)), **out}
+        out = {"acc": _mentions(prediction, golds), **out}
     return out
+
+
+def _mentions(prediction: str, golds: Sequence[str]) -> float:
+    """1.0 when a normalised gold appears as whole words in the normalised prediction."""
+    words = f" {normalize_answer(prediction)} "
+    return float(any(f" {normalize_answer(g)} " in words for g in golds))

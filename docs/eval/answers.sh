@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Generated answers on the eval split (held-out text and wordings), the measure of "memory that answers":
 # passkey and fact at the lengths the training reached (256 to 1k tokens) and at 4k / 16k (20 and 10
-# samples over 5 depths), why a job failed in a service log at 4k / 16k, then the app-log question. Prints one table at the end, and how the fact
-# questions with eval-only values (cities, jobs, pet names training never shows) were answered.
+# samples over 5 depths), why a job failed in a service log at 4k / 16k, then the app-log question. Prints
+# one table at the end, and how the fact questions with eval-only values (cities, jobs, pet names training
+# never shows) were answered.
 #
 #   bash docs/eval/answers.sh ADAPTER OUTDIR [SYSTEMS]      # SYSTEMS: comet (default), or e.g. comet,full
 #
