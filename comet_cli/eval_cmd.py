@@ -44,7 +44,8 @@ def eval_group() -> None:
       comet eval lm --lengths 4k,16k --json > lm.json
       comet eval summary --lengths 896,1920 --systems comet,full
 
-    Samples come from the eval split (text the training never saw), the same for every system.
+    Samples come from the eval split (text the training never saw), the same for every system;
+    --split train draws them as the training does instead (passkey, fact, incident, needle-qa).
     """
 
 
@@ -71,10 +72,16 @@ def common_options(samples: int, answers: bool = True, max_new_tokens: int = 32)
     )
 
 
+SPLIT = click.option("--split", type=click.Choice(["eval", "train"]), default="eval", show_default=True,
+                     help="eval: text, names and wordings the training never saw. train: samples as the training "
+                     "draws them, to see how much of what was learned carries over (no targets are checked).")
+
+
 @eval_group.command()
 @click.option("--lengths", default="4k,16k,64k", show_default=True, help="Context lengths in tokens.")
 @click.option("--depths", default=ALL_DEPTHS, show_default=True, help="Needle depths (0 = start, 1 = end).")
 @click.option("--out", type=click.Path(dir_okay=False), help="Write a heat map (PNG): one panel per system.")
+@SPLIT
 @common_options(samples=1)
 def passkey(lengths: str, depths: str, out: str | None, **o) -> None:
     """Passkey retrieval: accuracy per (length, depth) cell (the key appears in the answer)."""
@@ -85,6 +92,7 @@ def passkey(lengths: str, depths: str, out: str | None, **o) -> None:
 @click.option("--lengths", default="4k,16k", show_default=True, help="Context lengths in tokens.")
 @click.option("--depths", default="0,0.25,0.5,0.75,1", show_default=True, help="Depths of the fact (0 = start).")
 @click.option("--out", type=click.Path(dir_okay=False), help="Write a heat map of accuracy (PNG).")
+@SPLIT
 @common_options(samples=4)
 def fact(lengths: str, depths: str, out: str | None, **o) -> None:
     """One sentence of fact (a person's city, job, pet, ...) hidden in unrelated prose and asked in plain
@@ -97,6 +105,7 @@ def fact(lengths: str, depths: str, out: str | None, **o) -> None:
 @click.option("--depths", default="0,0.25,0.5,0.75,1", show_default=True, help="Depths of the line that states "
               "the cause (0 = start).")
 @click.option("--out", type=click.Path(dir_okay=False), help="Write a heat map of accuracy (PNG).")
+@SPLIT
 @common_options(samples=4)
 def incident(lengths: str, depths: str, out: str | None, **o) -> None:
     """A service log in which one scheduled job fails among routine lines and unrelated warnings, and a
@@ -109,6 +118,7 @@ def incident(lengths: str, depths: str, out: str | None, **o) -> None:
 @click.option("--lengths", default="4k,32k", show_default=True, help="Context lengths in tokens.")
 @click.option("--depths", default="0,0.25,0.5,0.75,1", show_default=True, help="Depths of the SQuAD paragraph.")
 @click.option("--out", type=click.Path(dir_okay=False), help="Write a heat map of F1 (PNG).")
+@SPLIT
 @common_options(samples=2)
 def needle_qa(lengths: str, depths: str, out: str | None, **o) -> None:
     """A SQuAD paragraph hidden in unrelated text: exact match and token F1 against the gold answers."""
@@ -163,13 +173,13 @@ def run_eval(task: str, lengths_text: str, depths_text: str | None, out: str | N
         raise click.UsageError(str(e)) from None
     ev.check_data(task)
     cfg = ev.adapter_config(adapter)
-    samples, mnt = o["samples"], o.get("max_new_tokens", 0)
+    samples, mnt, split = o["samples"], o.get("max_new_tokens", 0), o.get("split", "eval")
     n_depths = len(depths) if depths else 1
     progress = Progress({(p, s): len(lengths) * n_depths * samples for p in precisions for s in systems},
                         o["quiet"])
-    progress.note(f"eval {task}: {len(lengths)} length(s) x {n_depths} depth(s) x {samples} sample(s) x "
-                  f"{len(systems)} system(s) x {len(precisions)} precision(s); the time left is estimated from "
-                  "the seconds per sample so far")
+    progress.note(f"eval {task} ({split} split): {len(lengths)} length(s) x {n_depths} depth(s) x {samples} "
+                  f"sample(s) x {len(systems)} system(s) x {len(precisions)} precision(s); the time left is estimated "
+                  "from the seconds per sample so far")
 
     def on_row(r: dict) -> None:
         if r["system"] != "comet-nomem":
@@ -186,7 +196,8 @@ def run_eval(task: str, lengths_text: str, depths_text: str | None, out: str | N
                 if cells is None:
                     progress.note("building samples")
                     try:
-                        cells = ev.make_cells(task, engine.tok, lengths, depths, samples, o["seed"], cfg.chunk_size)
+                        cells = ev.make_cells(task, engine.tok, lengths, depths, samples, o["seed"], cfg.chunk_size,
+                                              split)
                     except TooShort as e:  # a length the user chose
                         raise click.UsageError(f"--lengths: {e}") from None
                 if task == "lm":
@@ -197,7 +208,7 @@ def run_eval(task: str, lengths_text: str, depths_text: str | None, out: str | N
     finally:
         progress.stop()
     summary = ev.summarize(rows)
-    targets = ev.check_targets(summary)
+    targets = ev.check_targets(summary) if split == "eval" else []  # the targets are about text never seen
     if out:
         from .plot import heatmap
 
@@ -207,7 +218,7 @@ def run_eval(task: str, lengths_text: str, depths_text: str | None, out: str | N
         progress.note(f"wrote {out}")
     if o["as_json"]:
         result = {"task": task, "model": o["model"] or "smollm2", "adapter": str(adapter),
-                  "adapter_config": cfg.to_dict(), "split": "eval", "seed": o["seed"], "samples": samples,
+                  "adapter_config": cfg.to_dict(), "split": split, "seed": o["seed"], "samples": samples,
                   "lengths": lengths, "depths": depths, "precisions": precisions, "systems": systems,
                   "max_new_tokens": o.get("max_new_tokens"), "window": window,
                   "seconds": round(time.monotonic() - t0, 1), "summary": summary, "targets": targets,

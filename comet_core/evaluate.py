@@ -58,6 +58,7 @@ from .tasks.summaries import eval_samples, load_summaries
 
 SYSTEMS = ("comet", "untrained", "full")
 TASKS = ("passkey", "fact", "needle_qa", "incident", "lm", "summary")
+SPLITS = ("eval", "train")  # eval: held out; train: what the training draws (make_cells)
 DOCUMENTS = {"passkey": ("essays", "plays"), "fact": ("essays", "plays"), "needle_qa": ("squad", "essays"),
              "incident": (), "lm": ("plays", "essays"), "summary": ("plays", "essays")}  # incident: written here
 PREFILL = 8192  # tokens per forward when the full-attention baseline prefills (SmolLM2: one forward)
@@ -226,23 +227,27 @@ Cells = dict[tuple[int, float | None], list[Sample]]
 
 
 def make_cells(task: str, tok, lengths: list[int], depths: list[float] | None, samples: int, seed: int = 0,
-               chunk_size: int = 512) -> Cells:
-    """`samples` eval-split samples per (length, depth) cell, each cell from its own seeded rng (adding a
+               chunk_size: int = 512, split: str = "eval") -> Cells:
+    """`samples` samples of `split` per (length, depth) cell, each cell from its own seeded rng (adding a
     length or a depth does not change the other cells). lm cells have depth None and carry at least
     2 * chunk_size tokens of continuation; summary cells have depth None and are the file's first
-    `samples` eval passages of that length (tasks.summaries.eval_samples: none twice)."""
+    `samples` eval passages of that length (tasks.summaries.eval_samples: none twice). split "train" draws
+    what the training draws (its wordings, names and formats): held-out accuracy against it is the gap
+    between what was learned and what generalises. The eval cells are the same whatever else is asked."""
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; choose from {TASKS}")
+    if split not in SPLITS or (split == "train" and task in ("lm", "summary")):
+        raise ValueError(f"split {split!r} is not available for {task}")
     cells: Cells = {}
     for n in lengths:
         for d in ([None] if task in ("lm", "summary") or not depths else depths):
-            rng = random.Random(f"{task}:{seed}:{n}:{d}")
+            rng = random.Random(f"{task}:{seed}:{n}:{d}" + ("" if split == "eval" else f":{split}"))
             if task == "lm":
                 cells[(n, d)] = [make_lm(tok, n, rng, "eval", answer_tokens=2 * chunk_size) for _ in range(samples)]
             elif task == "summary":
                 cells[(n, d)] = eval_samples(n, samples)
             else:
-                cells[(n, d)] = [make_sample(task, tok, n, rng, "eval", d) for _ in range(samples)]
+                cells[(n, d)] = [make_sample(task, tok, n, rng, split, d) for _ in range(samples)]
     return cells
 
 

@@ -376,6 +376,15 @@ def test_passkey_eval_split_is_phrased_differently(tok):
         assert t.question in train_questions and t.meta["needle"] in {n.format(k=t.answer) for n in train_needles}
 
 
+def test_passkey_training_draws_longer_keys_than_eval(tok):
+    """Training keys run 4-8 digits evenly (long keys were the ones the memory lost); eval keys keep their
+    own mix (4-7 digits, mostly 5), drawn as before, so evaluations stay comparable across adapters."""
+    train = {len(data.make_sample("passkey", tok, 300, random.Random(s), "train").answer) for s in range(60)}
+    evals = [len(data.make_sample("passkey", tok, 300, random.Random(s), "eval").answer) for s in range(60)]
+    assert train == {4, 5, 6, 7, 8}
+    assert set(evals) <= {4, 5, 6, 7} and evals.count(5) > len(evals) / 3
+
+
 def test_recall_fits_the_shortest_training_text(tok):
     """The trainer draws texts from half a chunk up (128 tokens at c=256, 64 at c=128): a recall sample there
     quotes fewer words where the text has few words per token, instead of failing the step."""

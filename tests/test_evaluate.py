@@ -121,6 +121,19 @@ def test_answers_on_the_same_samples_and_truncation():
     assert all(r["acc"] in (0.0, 1.0) and r["answers"] == [r["answers"][0]] for r in rows)
 
 
+def test_train_split_cells_are_drawn_apart_and_leave_the_eval_cells_as_they_were():
+    tok = tiny_tokenizer()
+    evals = ev.make_cells("passkey", tok, [300], [0.5], 3, seed=1)
+    train = ev.make_cells("passkey", tok, [300], [0.5], 3, seed=1, split="train")
+    assert [s.context for s in ev.make_cells("passkey", tok, [300], [0.5], 3, seed=1, split="eval")[(300, 0.5)]] == \
+        [s.context for s in evals[(300, 0.5)]]
+    assert not {s.question for s in train[(300, 0.5)]} & {s.question for s in evals[(300, 0.5)]}
+    with pytest.raises(ValueError, match="split 'train' is not available for lm"):
+        ev.make_cells("lm", tok, [300], None, 1, split="train")
+    with pytest.raises(ValueError, match="split 'test'"):
+        ev.make_cells("passkey", tok, [300], [0.5], 1, split="test")
+
+
 def test_lm_perplexity_variants():
     tok = tiny_tokenizer()
     lm = tiny_lm()
@@ -267,6 +280,10 @@ def test_cli_incident_scores_the_cause_named_against_full_attention(env):
     assert "incident accuracy" in text
     r = CliRunner().invoke(cli, ["eval", "incident", *common, "--lengths", "40", "--systems", "comet", "-q"])
     assert r.exit_code == 2 and "--lengths: n_tokens=40 is too small" in r.stderr, r.stderr
+    train = json.loads(run_cli(["incident", *common, "--lengths", "300", "--depths", "0.5", "--systems", "comet",
+                                "--max-new-tokens", "2", "--split", "train", "--json", "-q"]).stdout)
+    assert train["split"] == "train" and train["targets"] == [] and len(train["rows"]) == 4
+    assert out["split"] == "eval"
 
 
 def test_cli_summary_scores_f1_against_the_teacher(env):

@@ -87,6 +87,9 @@ def _compose_question(rng: random.Random) -> str:
     return _capital(rng.choice(p["lead"]) + rng.choice(p["ask"])) + rng.choice(p["format"])
 
 
+_TRAIN_DIGITS = (4, 5, 6, 7, 8)  # passkey lengths of the train split (eval: 5 digits 60%, else 4, 6 or 7)
+
+
 def _number(rng: random.Random, digits: int) -> str:
     return str(rng.randint(10 ** (digits - 1), 10**digits - 1))
 
@@ -98,7 +101,8 @@ def make_passkey(tokenizer: Any, n_tokens: int, rng: random.Random, split: str =
     training composition produces)."""
     root = _root()
     d = _depth(rng, depth)
-    digits = 5 if rng.random() < 0.6 else rng.choice((4, 6, 7))
+    # Training draws long keys more often than eval does: the keys the memory lost were mostly 6-7 digits.
+    digits = rng.choice(_TRAIN_DIGITS) if split == "train" else 5 if rng.random() < 0.6 else rng.choice((4, 6, 7))
     key = _number(rng, digits)
     if split == "train":
         needle, question = _compose_needle(rng).format(k=key), _compose_question(rng)
