@@ -377,7 +377,7 @@ def test_passkey_eval_split_is_phrased_differently(tok):
 
 
 def test_passkey_training_draws_longer_keys_than_eval(tok):
-    """Training keys run 4-8 digits evenly (long keys were the ones the memory lost); eval keys keep their
+    """Training keys run 4-8 digits evenly (long keys were missed beyond their share); eval keys keep their
     own mix (4-7 digits, mostly 5), drawn as before, so evaluations stay comparable across adapters."""
     train = {len(data.make_sample("passkey", tok, 300, random.Random(s), "train").answer) for s in range(60)}
     evals = [len(data.make_sample("passkey", tok, 300, random.Random(s), "eval").answer) for s in range(60)]
