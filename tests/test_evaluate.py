@@ -125,8 +125,9 @@ def test_train_split_cells_are_drawn_apart_and_leave_the_eval_cells_as_they_were
     tok = tiny_tokenizer()
     evals = ev.make_cells("passkey", tok, [300], [0.5], 3, seed=1)
     train = ev.make_cells("passkey", tok, [300], [0.5], 3, seed=1, split="train")
-    assert [s.context for s in ev.make_cells("passkey", tok, [300], [0.5], 3, seed=1, split="eval")[(300, 0.5)]] == \
-        [s.context for s in evals[(300, 0.5)]]
+    rng = random.Random("passkey:1:300:0.5")  # the eval cells' seeding, as it was before there was a split
+    assert [s.context for s in evals[(300, 0.5)]] == \
+        [make_sample("passkey", tok, 300, rng, "eval", 0.5).context for _ in range(3)]
     assert not {s.question for s in train[(300, 0.5)]} & {s.question for s in evals[(300, 0.5)]}
     with pytest.raises(ValueError, match="split 'train' is not available for lm"):
         ev.make_cells("lm", tok, [300], None, 1, split="train")

@@ -101,8 +101,10 @@ def make_passkey(tokenizer: Any, n_tokens: int, rng: random.Random, split: str =
     training composition produces)."""
     root = _root()
     d = _depth(rng, depth)
-    # Training draws long keys more often than eval does: 6-7 digit keys were missed beyond their share.
-    digits = rng.choice(_TRAIN_DIGITS) if split == "train" else 5 if rng.random() < 0.6 else rng.choice((4, 6, 7))
+    if split == "train":  # long keys more often than eval: 6-7 digit keys were missed beyond their share
+        digits = rng.choice(_TRAIN_DIGITS)
+    else:
+        digits = 5 if rng.random() < 0.6 else rng.choice((4, 6, 7))
     key = _number(rng, digits)
     if split == "train":
         needle, question = _compose_needle(rng).format(k=key), _compose_question(rng)
