@@ -52,6 +52,10 @@ train_options = stack(
     _arg("lora_lr", "Learning rate of the LoRA weights.", float),
     _arg("ema", "Average the trained weights over the last ~1/(1-DECAY) steps (e.g. 0.99); the held-out "
                 "evaluation and the saved adapter use the average. 0 = off.", float, metavar="DECAY"),
+    _arg("end_weight", "Loss weight of each answer's last token and its end of turn (1 = like every other "
+                       "answer token). Above 1 it teaches where an answer stops: pass keys missed their last "
+                       "digit. The logged loss is the weighted one.", click.FloatRange(0.0, min_open=True),
+         metavar="W"),
     _arg("lora_rank", "Rank of the LoRA on the backbone's linears; 0 = no LoRA.", COUNT),
     _arg("lora_targets", "Linears that get LoRA: q/k/v/o_proj, gate/up/down_proj. Default: q_proj,v_proj for a new "
                          "adapter; with --resume or --init-adapter, the adapter's own, and targets listed here "

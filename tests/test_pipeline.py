@@ -107,6 +107,12 @@ def test_single_rank_step_is_sample_loss_and_backward():
     assert r.loss / enc.n_target == pytest.approx(want_loss, rel=1e-6) and r.waited == 0.0
     for k, p in m.mem.trainable().items():
         torch.testing.assert_close(p.grad, want[k], atol=1e-6, rtol=1e-5, msg=k)
+    from comet_core.train.trainer import batch_loss
+
+    with torch.no_grad():
+        want_w, _ = batch_loss(make_model(), [enc], grad_ckpt=False, end_weight=3.0)
+    r3 = pl.pipeline_step(make_model(), enc, pl.Mesh(), end_weight=3.0)  # the same weighting on the pipeline
+    assert r3.loss == pytest.approx(want_w.item(), rel=1e-5) and r3.loss > r.loss
 
 
 def test_plan_matches_the_engine_layouts():

@@ -91,6 +91,25 @@ def test_gradients_reach_every_adapter_part_through_memory():
         torch.testing.assert_close(params[k].grad, g, atol=1e-5, rtol=1e-4)
 
 
+def test_end_weight_weighs_the_last_answer_token_and_the_end_of_turn():
+    from comet_core.train.trainer import batch_loss
+
+    enc = Encoded([], list(range(10)), n_target=3, earlier=((2, 4),))
+    assert enc.targets() == [2, 3, 7, 8, 9]
+    assert enc.weights() == [1.0] * 5 and enc.weights(4.0) == [1.0, 1.0, 1.0, 4.0, 4.0]
+    assert Encoded([], [1, 2], n_target=1).weights(3.0) == [3.0]  # a one-token target: that token
+    tok = tiny_tokenizer()
+    m = CometModel.create(tiny_lm(), CometConfig(chunk_size=32, stride=4, n_global=4, budget=8, lora_rank=2))
+    encs = [encode(passkey_sample(k), tok, m.cfg, random.Random(0), n_ctx=70) for k in ("12345", "678")]
+    with torch.no_grad():
+        plain, _ = batch_loss(m, encs, grad_ckpt=False)
+        w2, _ = batch_loss(m, encs, grad_ckpt=False, end_weight=2.0)
+        w5, _ = batch_loss(m, encs, grad_ckpt=False, end_weight=5.0)
+    end = w2 - plain  # the two end targets' cross-entropy, per sample
+    assert (end > 0).all() and (end < plain).all()  # some targets, not all of them
+    torch.testing.assert_close(w5, plain + 4 * end)
+
+
 def test_grad_chunks_truncates_backprop_to_the_last_chunks():
     from comet_core.train.trainer import batch_loss
 

@@ -43,6 +43,7 @@ class TrainArgs:
     lora_lr: float = 1e-3  # LoRA on the backbone
     warmup: int = 10
     clip: float = 1.0
+    end_weight: float = 1.0  # loss weight of an answer's last token and its end of turn (where it stops)
     ema: float = 0.0  # decay of an exponential moving average of the trained weights (0: off); evaluation
     #                   and the saved adapter use the average, training goes on from the raw weights
     min_chunks: int = 1  # curriculum levels: chunks read into memory (1, 2, 4, ... max_chunks)
@@ -80,6 +81,8 @@ class TrainArgs:
         self.task_weights()
         if not 0.0 <= self.in_memory <= 1.0:
             raise ValueError(f"--in-memory is a share in [0, 1], got {self.in_memory}")
+        if self.end_weight <= 0:
+            raise ValueError(f"--end-weight must be > 0, got {self.end_weight}")
         if not 0.0 <= self.ema < 1.0:
             raise ValueError(f"--ema is a decay in [0, 1), got {self.ema}")
         if self.priming < 0:

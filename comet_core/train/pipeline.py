@@ -290,8 +290,8 @@ class StepOut:
     plan: Plan
 
 
-def pipeline_step(model: CometModel, enc: Encoded, mesh: Mesh, scale: float = 1.0, grad_ckpt: bool = True
-                  ) -> StepOut:
+def pipeline_step(model: CometModel, enc: Encoded, mesh: Mesh, scale: float = 1.0, grad_ckpt: bool = True,
+                  end_weight: float = 1.0) -> StepOut:
     """Forward and backward of one sample on this pipeline rank: gradients of `scale` x the summed
     answer cross-entropy accumulate into this rank's share of the adapter's .grad (sum them over the
     pipeline ranks, see `sync_grads`). With pp = 1 this is `sample_loss` + backward, without any p2p."""
@@ -339,7 +339,8 @@ def pipeline_step(model: CometModel, enc: Encoded, mesh: Mesh, scale: float = 1.
         pos = enc.targets()
         logits = model.logits(hid[0, [i - 1 for i in pos]])
         targets = torch.tensor([enc.live[i] for i in pos], device=dev)
-        ce = F.cross_entropy(logits, targets, reduction="sum")
+        ce = F.cross_entropy(logits, targets, reduction="none")
+        ce = (ce * torch.tensor(enc.weights(end_weight), device=dev, dtype=ce.dtype)).sum()
         roots.append(ce * scale)
         loss, exact = ce.item(), bool((logits.argmax(-1) == targets).all())
     torch.autograd.backward(roots)

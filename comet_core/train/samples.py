@@ -35,6 +35,15 @@ class Encoded:
         return [i for a, b in self.earlier for i in range(a, b)] + list(range(len(self.live) - self.n_target,
                                                                               len(self.live)))
 
+    def weights(self, end_weight: float = 1.0) -> list[float]:
+        """Loss weight of each target (aligned with `targets`): 1, except the last answer's last two targets
+        (its last token and the end of turn), which get end_weight: the answer's length, where a pass key
+        dropped or doubled its last digit."""
+        w = [1.0] * self.n_predicted
+        for i in range(max(0, len(w) - min(2, self.n_target)), len(w)):
+            w[i] = end_weight
+        return w
+
     @property
     def n_predicted(self) -> int:
         return self.n_target + sum(b - a for a, b in self.earlier)

@@ -54,10 +54,11 @@ from .samples import Draw, Encoded, draw_batch, encode  # noqa: F401 (encode: pa
 GATED = ("passkey", "fact", "multi_needle", "vartrack")  # short exact answers: they decide promotion
 
 
-def batch_loss(model: CometModel, encs: list[Encoded], grad_ckpt: bool = True, grad_chunks: int = 0
-               ) -> tuple[torch.Tensor, list[bool]]:
+def batch_loss(model: CometModel, encs: list[Encoded], grad_ckpt: bool = True, grad_chunks: int = 0,
+               end_weight: float = 1.0) -> tuple[torch.Tensor, list[bool]]:
     """Answer-token cross-entropy summed per sample ([B]) and whether every answer token of each sample
-    is the argmax (teacher forced). The samples share one chunk plan and run as one batch; live chunks of
+    is the argmax (teacher forced). end_weight: the weight of each answer's last two targets in that sum
+    (`Encoded.weights`; 1 = a plain sum). The samples share one chunk plan and run as one batch; live chunks of
     different lengths are padded at the end (causal attention: pads never reach the real tokens).
     grad_chunks > 0: only the last grad_chunks context chunks carry gradient (the earlier ones are read
     under no_grad, their memory state a constant): truncated backpropagation through the chunks."""
@@ -82,6 +83,8 @@ def batch_loss(model: CometModel, encs: list[Encoded], grad_ckpt: bool = True, g
     logits = model.logits(hid[owner, rows])  # [targets of all samples, V]
     targets = torch.tensor([e.live[i] for e, p in zip(encs, pos, strict=True) for i in p], device=dev)
     ce = F.cross_entropy(logits, targets, reduction="none")
+    if end_weight != 1.0:
+        ce = ce * torch.tensor([w for e in encs for w in e.weights(end_weight)], device=dev, dtype=ce.dtype)
     loss = torch.zeros(len(encs), device=dev, dtype=ce.dtype).index_add(0, owner, ce)
     hits = torch.zeros(len(encs), device=dev).index_add(0, owner, (logits.argmax(-1) == targets).float())
     return loss, [int(h) == len(p) for h, p in zip(hits.tolist(), pos, strict=True)]
@@ -380,7 +383,7 @@ def train(args: TrainArgs, on_step: Callable[[dict], None] | None = None, pp: in
             ckpt = args.grad_ckpt and n_grad > args.ckpt_above
             if mesh.pp == 1:
                 encs = [batch[k].enc for k in mine]
-                loss, exact = batch_loss(model, encs, ckpt, args.grad_chunks)
+                loss, exact = batch_loss(model, encs, ckpt, args.grad_chunks, args.end_weight)
                 values = loss.detach().tolist()
                 scale = torch.tensor([1.0 / (e.n_predicted * args.accum) for e in encs], device=loss.device)
                 (loss * scale).sum().backward()
@@ -389,7 +392,7 @@ def train(args: TrainArgs, on_step: Callable[[dict], None] | None = None, pp: in
             else:
                 for k in mine:
                     enc = batch[k].enc
-                    r = pipeline_step(model, enc, mesh, 1.0 / (enc.n_predicted * args.accum), ckpt)
+                    r = pipeline_step(model, enc, mesh, 1.0 / (enc.n_predicted * args.accum), ckpt, args.end_weight)
                     busy, wall = busy + r.wall - r.waited, wall + r.wall
                     if r.loss is not None:
                         stats[3 + 2 * k], stats[4 + 2 * k] = r.loss, float(r.exact)
