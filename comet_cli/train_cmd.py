@@ -122,9 +122,11 @@ def check_data(weights: dict[str, float]) -> None:
 def train(quiet: bool, verbose: bool, as_json: bool, threads: int | None, **kw) -> None:
     """Teach the memory: train memory nets, beacon embeddings and LoRA on passkey, fact, needle-QA,
     multi-needle, variable-tracking, verbatim-recall and language-modelling samples built from real text
-    in data/ (run `python scripts/fetch_data.py` once; $COMET_DATA points elsewhere), and on summaries
-    the base model wrote of passages it had whole in its window (`python scripts/make_summaries.py` once).
-    Safe to stop at any time (Ctrl-C keeps every completed step); continue with --resume.
+    in data/ (run `python scripts/fetch_data.py` once; $COMET_DATA points elsewhere), on service logs in
+    which a job fails (incident), and on summaries the base model wrote of passages it had whole in its
+    window (`python scripts/make_summaries.py` once). Safe to stop at any time: Ctrl-C, or `kill PID` for
+    a run started in the background (the shell makes it ignore Ctrl-C), keeps every completed step;
+    continue with --resume.
 
     \b
     Examples:
