@@ -340,7 +340,9 @@ def pipeline_step(model: CometModel, enc: Encoded, mesh: Mesh, scale: float = 1.
         logits = model.logits(hid[0, [i - 1 for i in pos]])
         targets = torch.tensor([enc.live[i] for i in pos], device=dev)
         ce = F.cross_entropy(logits, targets, reduction="none")
-        ce = (ce * torch.tensor(enc.weights(end_weight), device=dev, dtype=ce.dtype)).sum()
+        if end_weight != 1.0:  # as batch_loss weighs it
+            ce = ce * torch.tensor(enc.weights(end_weight), device=dev, dtype=ce.dtype)
+        ce = ce.sum()
         roots.append(ce * scale)
         loss, exact = ce.item(), bool((logits.argmax(-1) == targets).all())
     torch.autograd.backward(roots)

@@ -37,12 +37,9 @@ class Encoded:
 
     def weights(self, end_weight: float = 1.0) -> list[float]:
         """Loss weight of each target (aligned with `targets`): 1, except the last answer's last two targets
-        (its last token and the end of turn), which get end_weight: the answer's length, where a pass key
-        dropped or doubled its last digit."""
-        w = [1.0] * self.n_predicted
-        for i in range(max(0, len(w) - min(2, self.n_target)), len(w)):
-            w[i] = end_weight
-        return w
+        (its last token and the end of turn), which get end_weight: where the answer stops."""
+        k = min(2, self.n_target)
+        return [1.0] * (self.n_predicted - k) + [end_weight] * k
 
     @property
     def n_predicted(self) -> int:
