@@ -364,6 +364,46 @@ def test_respace_adapter_changes_stride_and_budget_only(tiny_env, tmp_path, monk
     assert res["rows"][0]["samples"] == 1 and 0 <= res["rows"][0]["passkey"] <= 1
 
 
+def test_blend_adapters_averages_every_tensor_and_refuses_mismatches(tiny_env, tmp_path):
+    import importlib.util
+
+    from comet_core.adapter import load_adapter, read_adapter, save_adapter
+    from comet_core.config import CometConfig
+    from comet_core.loading import load_model, model_fingerprint
+    from comet_core.model import CometModel
+
+    spec = importlib.util.spec_from_file_location("blend_adapters", "scripts/blend_adapters.py")
+    blend = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(blend)
+    model, _, _ = tiny_env
+    def backbone():  # a fresh one for each CometModel (LoRA wraps the backbone's linears in place)
+        return load_model(str(model), "bf16").model
+
+    cfg = CometConfig(chunk_size=64, stride=8, n_global=2, budget=8, lora_rank=2)
+    fp = model_fingerprint(backbone())
+    a, b, out = tmp_path / "a.safetensors", tmp_path / "b.safetensors", tmp_path / "ab.safetensors"
+    save_adapter(a, CometModel.create(backbone(), cfg), fp, "tiny")
+    mb = CometModel.create(backbone(), cfg)
+    with torch.no_grad():  # B's weights differ from A's everywhere (LoRA B starts at zero in both)
+        for p in mb.mem.parameters():
+            p.add_(torch.randn_like(p))
+    save_adapter(b, mb, fp, "tiny")
+    assert blend.main([str(a), str(b), "0.25", str(out)]) == 0
+    (_, ta), (_, tb), (meta, tab) = read_adapter(a), read_adapter(b), read_adapter(out)
+    assert tab.keys() == ta.keys() and meta["notes"]["blend"]["t"] == 0.25
+    assert all(torch.allclose(tab[k], 0.75 * ta[k] + 0.25 * tb[k]) for k in ta)
+    assert any(not torch.equal(tab[k], ta[k]) for k in ta)
+    load_adapter(out, backbone(), fp)  # the blend loads onto the backbone it was made for
+    other = tmp_path / "other.safetensors"
+    save_adapter(other, CometModel.create(backbone(), CometConfig(chunk_size=64, stride=8, n_global=4, budget=8,
+                                                          lora_rank=2)), fp, "tiny")
+    bad = tmp_path / "bad.safetensors"
+    assert blend.main([str(a), str(other), "0.5", str(bad)]) == 1  # another shape
+    assert blend.main([str(a), str(b), "1.5", str(bad)]) == 2
+    assert blend.main([str(a), str(tmp_path / "none.safetensors"), "0.5", str(bad)]) == 1
+    assert not bad.exists()
+
+
 def test_passkey_likelihood_scores_the_key_and_the_miss_on_the_measured_sample(tiny_env, tmp_path, monkeypatch):
     from test_data import _make_data
 
