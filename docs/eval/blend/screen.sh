@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Choose the blend weight t on the training split (never on the eval split that answers.sh reports):
-# for each t, blend the shipped r12 adapter with r15-l1 (scripts/blend_adapters.py), then pass keys,
+# for each t, blend r12 (shipped until r17) with the adapter B_ADAPTER (scripts/blend_adapters.py), then pass keys,
 # facts and incidents at 4k tokens, 20 samples each, drawn as the training draws them (--split train).
 #
 #   bash docs/eval/blend/screen.sh B_ADAPTER OUTDIR T [T ...]     # ~4 min per t on the 2-core CPU
