@@ -33,7 +33,7 @@ def main(argv: list[str]) -> int:
     try:
         t = float(t_text)
     except ValueError:
-        t = -1.0
+        t = float("nan")  # fails the range check below, with the same message
     if not 0.0 <= t <= 1.0:
         print(f"blend_adapters: {t_text!r}: the weight of B must be a number from 0 to 1", file=sys.stderr)
         return 2

@@ -329,9 +329,17 @@ def test_compare_runs_pairs_the_same_steps_samples(tmp_path):
         compare_runs.paired([a, c], first=10, window=50)
 
 
-def test_respace_adapter_changes_stride_and_budget_only(tiny_env, tmp_path, monkeypatch):
+def _script(name: str):
+    """scripts/<name>.py as a module (scripts/ is not a package)."""
     import importlib.util
 
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_respace_adapter_changes_stride_and_budget_only(tiny_env, tmp_path, monkeypatch):
     from test_data import _make_data
 
     from comet_core.adapter import read_adapter, save_adapter
@@ -339,9 +347,7 @@ def test_respace_adapter_changes_stride_and_budget_only(tiny_env, tmp_path, monk
     from comet_core.loading import load_model, model_fingerprint
     from comet_core.model import CometModel
 
-    spec = importlib.util.spec_from_file_location("respace_adapter", "scripts/respace_adapter.py")
-    respace = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(respace)
+    respace = _script("respace_adapter")
     model, _, _ = tiny_env
     lm = load_model(str(model), "bf16").model
     cfg = CometConfig(chunk_size=64, stride=8, n_global=2, budget=8, lora_rank=2)
@@ -365,17 +371,14 @@ def test_respace_adapter_changes_stride_and_budget_only(tiny_env, tmp_path, monk
 
 
 def test_blend_adapters_averages_every_tensor_and_refuses_mismatches(tiny_env, tmp_path):
-    import importlib.util
-
     from comet_core.adapter import load_adapter, read_adapter, save_adapter
     from comet_core.config import CometConfig
     from comet_core.loading import load_model, model_fingerprint
     from comet_core.model import CometModel
 
-    spec = importlib.util.spec_from_file_location("blend_adapters", "scripts/blend_adapters.py")
-    blend = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(blend)
+    blend = _script("blend_adapters")
     model, _, _ = tiny_env
+
     def backbone():  # a fresh one for each CometModel (LoRA wraps the backbone's linears in place)
         return load_model(str(model), "bf16").model
 
@@ -395,8 +398,8 @@ def test_blend_adapters_averages_every_tensor_and_refuses_mismatches(tiny_env, t
     assert any(not torch.equal(tab[k], ta[k]) for k in ta)
     load_adapter(out, backbone(), fp)  # the blend loads onto the backbone it was made for
     other = tmp_path / "other.safetensors"
-    save_adapter(other, CometModel.create(backbone(), CometConfig(chunk_size=64, stride=8, n_global=4, budget=8,
-                                                          lora_rank=2)), fp, "tiny")
+    other_cfg = CometConfig(chunk_size=64, stride=8, n_global=4, budget=8, lora_rank=2)
+    save_adapter(other, CometModel.create(backbone(), other_cfg), fp, "tiny")
     bad = tmp_path / "bad.safetensors"
     assert blend.main([str(a), str(other), "0.5", str(bad)]) == 1  # another shape
     assert blend.main([str(a), str(b), "1.5", str(bad)]) == 2
