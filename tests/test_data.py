@@ -325,14 +325,43 @@ def test_fact_sample_hides_one_sentence_and_eval_uses_held_out_names_and_phrasin
             assert s.answer in s.meta["needle"] and s.answer not in s.question
             assert data.score(s, f"I think it is {s.answer}.")["acc"] == 1.0
             assert data.score(s, "I do not know.")["acc"] == 0.0
-            statements, questions = gen._FACTS[s.meta["relation"]][1][split]
-            assert s.meta["needle"] in [t.format(**s.meta["fields"]) for t in statements]
-            assert s.question in [q.format(**s.meta["fields"]) for q in questions]
+            statements, questions = _fact_wordings(gen, s.meta["relation"], split, s.meta["fields"])
+            assert s.meta["needle"] in statements and s.question in questions
     # the names and values of eval samples never occur in training samples
     train_answers = {data.make_sample("fact", tok, 400, random.Random(s), "train").answer for s in range(60)}
     eval_answers = {data.make_sample("fact", tok, 400, random.Random(s), "eval").answer for s in range(60)}
     words = {a for a in train_answers & eval_answers if not a.isdigit()}
     assert words <= set(gen._COLORS) | set(gen._DAYS), words  # only the small shared pools may repeat
+
+
+def _fact_wordings(gen, relation: str, split: str, fields: dict) -> tuple[set[str], set[str]]:
+    """Every statement and question of `relation` that `split` can produce for `fields`: eval's whole
+    sentences, or every composition of the training parts."""
+    import itertools
+
+    statements, questions = gen._FACTS[relation][1][split]
+    if split == "eval":
+        return {t.format(**fields) for t in statements}, {q.format(**fields) for q in questions}
+    p = gen._FACT_PARTS
+    asks = itertools.product(p["lead"], questions, p["format"])
+    return ({gen._capital(a + t.format(**fields)) for a, t in itertools.product(p["opener"], statements)},
+            {gen._capital(a + q.format(**fields)) + f for a, q, f in asks})
+
+
+def test_fact_training_wordings_are_many_and_never_the_eval_ones(tok):
+    """Facts were learnt by their training templates (eval-worded colours and counts: 0 right): training
+    composes an opener with a dozen statements per relation, a lead, a question and a format; no
+    composition is an eval sentence."""
+    from comet_core.tasks import generators as gen
+
+    fields = {"name": "Ann Berg", "city": "Lima", "year": "1990", "job": "pilot", "a_job": "a pilot", "pet": "cat",
+              "pet_name": "Tofu", "color": "red", "obj": "fence", "n": "42", "item": "soap", "day": "Monday"}
+    for relation in gen._FACTS:
+        train = _fact_wordings(gen, relation, "train", fields)
+        held = _fact_wordings(gen, relation, "eval", fields)
+        assert len(train[0]) >= 60 and len(train[1]) >= 150, (relation, len(train[0]), len(train[1]))
+        assert not train[0] & held[0] and not train[1] & held[1], relation
+        assert all(not x[0].islower() and x.count(fields[gen._FACTS[relation][0]]) for x in train[0]), relation
 
 
 def test_training_facts_draw_from_open_pools_that_no_prior_can_guess(tok):

@@ -52,8 +52,9 @@ class Sample:
 # Phrasings, names and values are data: phrasing.toml. Training composes its passkey needles and
 # questions from parts (an opener, the statement, a repeat of the key: every needle states it twice, as
 # in Landmark Attention's; a lead, the question, a format), so the model meets many wordings and learns
-# the key, not a template; the eval split uses whole sentences that no composition of the training parts
-# produces (a test checks), so an evaluation also asks in words the training never showed.
+# the key, not a template; training facts likewise join an opener to one of a dozen statements per relation,
+# and a lead, a question and a format. The eval split uses whole sentences that no composition of the
+# training parts produces (a test checks), so an evaluation also asks in words the training never showed.
 _PHRASING = tomllib.loads((Path(__file__).parent / "phrasing.toml").read_text(encoding="utf-8"))
 _PK = _PHRASING["passkey"]
 _PASSKEY_PARTS = {k: tuple(_PK["train"][k]) for k in ("opener", "statement", "repeat")}
@@ -67,6 +68,7 @@ _PETS, _COLORS, _OBJECTS, _ITEMS, _DAYS = (_POOLS[k] for k in ("pets", "colors",
 _FACTS = {name: (r["answer"], {split: (tuple(r[f"{split}_statements"]), tuple(r[f"{split}_questions"]))
                                for split in ("train", "eval")})
           for name, r in _PHRASING["fact"]["relations"].items()}
+_FACT_PARTS = {k: tuple(v) for k, v in _PHRASING["fact"]["train"].items()}  # opener, lead, format
 _MN = _PHRASING["multi_needle"]
 _WORDS, _CODE_NEEDLES, _CODE_QUESTIONS = tuple(_MN["words"]), tuple(_MN["needles"]), tuple(_MN["questions"])
 _VT_INTROS, _VT_QUESTIONS = tuple(_PHRASING["vartrack"]["intros"]), tuple(_PHRASING["vartrack"]["questions"])
@@ -180,7 +182,18 @@ def _fact(rng: random.Random, split: str, taken: set[str]) -> tuple[str, str, st
     while f["pet_name"] in name:  # a training pet may not share its owner's name (eval pools never do)
         f["pet_name"] = _value(rng, "pet_name", split)
     f["a_job"] = article(f["job"])
-    return relation, rng.choice(statements).format(**f), rng.choice(questions).format(**f), f[key], f
+    if split == "eval":  # whole sentences (and the same draws as always, so eval samples stay the same)
+        return relation, rng.choice(statements).format(**f), rng.choice(questions).format(**f), f[key], f
+    return relation, _compose_fact(rng, statements, f), _compose_fact_question(rng, questions, f), f[key], f
+
+
+def _compose_fact(rng: random.Random, statements: tuple[str, ...], f: dict) -> str:
+    return _capital(rng.choice(_FACT_PARTS["opener"]) + rng.choice(statements).format(**f))
+
+
+def _compose_fact_question(rng: random.Random, questions: tuple[str, ...], f: dict) -> str:
+    p = _FACT_PARTS
+    return _capital(rng.choice(p["lead"]) + rng.choice(questions).format(**f)) + rng.choice(p["format"])
 
 
 def make_fact(tokenizer: Any, n_tokens: int, rng: random.Random, split: str = "train",
