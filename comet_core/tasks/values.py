@@ -3,9 +3,9 @@
 With only phrasing.toml's few dozen cities, jobs and pet names, a model can answer a training fact by
 picking the likeliest member of a small known set, and it did: it almost never answered an eval-only
 value it had read, and nearly half its wrong answers were training values ("Vienna", "librarian")
-(`python -m bench.fact_errors docs/eval/r2`). Training values are
-therefore drawn from thousands of real ones (Faker's lists of jobs, cities, first and last names, common words, CSS
-colour names), which no prior can guess: the answer has to come from the memory. Eval values stay the
+(`python -m bench.fact_errors docs/eval/r2`). Training values are therefore drawn from thousands of real
+ones (Faker's lists of jobs, cities, first and last names, common words, CSS colour names), which no prior
+can guess: the answer has to come from the memory. Eval values stay the
 toml pools' eval-only quarter, so evaluations stay comparable, and no eval value ever enters training.
 """
 
@@ -49,7 +49,7 @@ def open_pools() -> dict[str, tuple[str, ...]]:
         first |= _plain(getattr(p, "first_names", ()))
         last |= _plain(getattr(p, "last_names", ()))
     jobs = {j.lower() for j in _plain(_provider("job", "en_US").jobs)}
-    words = {w.capitalize() for w in _provider("lorem", "en_US").word_list if len(w) >= 4 and w.isalpha()}
+    words = {w.capitalize() for w in _plain(_provider("lorem", "en_US").word_list) if len(w) >= 4}
     colors = {c.lower() for c in _provider("color").all_colors if re.fullmatch(r"[A-Z][a-z]+", c)}
     return {"city": tuple(sorted(cities)), "job": tuple(sorted(jobs)), "pet_name": _pet_names(first, words),
             "last": tuple(sorted(last)), "color": tuple(sorted(colors))}
