@@ -364,6 +364,23 @@ def test_fact_training_wordings_are_many_and_never_the_eval_ones(tok):
         assert all(not x[0].islower() and x.count(fields[gen._FACTS[relation][0]]) for x in train[0]), relation
 
 
+def test_training_draws_the_relations_held_out_least_often_right_more_often():
+    """phrasing.toml's train_weight: pets and counts twice as often in training as cities, days half as
+    often; eval draws every relation alike (its samples stay the same)."""
+    import collections
+
+    from comet_core.tasks import generators as gen
+
+    rng = random.Random(0)
+    train = collections.Counter(gen._fact(rng, "train", set())[0] for _ in range(3000))
+    held = collections.Counter(gen._fact(rng, "eval", set())[0] for _ in range(3000))
+    assert gen._FACT_WEIGHTS["pet"] == gen._FACT_WEIGHTS["count"] == 2 and gen._FACT_WEIGHTS["day"] == 0.5
+    for relation in ("pet", "count"):
+        assert 1.6 < train[relation] / train["city"] < 2.5, train
+    assert 0.3 < train["day"] / train["city"] < 0.7, train
+    assert max(held.values()) < 1.25 * min(held.values()), held
+
+
 def test_training_facts_draw_from_open_pools_that_no_prior_can_guess(tok):
     """Training values come from thousands (values.py), so a model cannot answer a fact by guessing among
     a few dozen known values; no training value shares a word with an eval value."""

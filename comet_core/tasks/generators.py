@@ -68,6 +68,7 @@ _PETS, _COLORS, _OBJECTS, _ITEMS, _DAYS = (_POOLS[k] for k in ("pets", "colors",
 _FACTS = {name: (r["answer"], {split: (tuple(r[f"{split}_statements"]), tuple(r[f"{split}_questions"]))
                                for split in ("train", "eval")})
           for name, r in _PHRASING["fact"]["relations"].items()}
+_FACT_WEIGHTS = {name: float(r.get("train_weight", 1)) for name, r in _PHRASING["fact"]["relations"].items()}
 _FACT_PARTS = {k: tuple(v) for k, v in _PHRASING["fact"]["train"].items()}  # opener, lead, format
 _MN = _PHRASING["multi_needle"]
 _WORDS, _CODE_NEEDLES, _CODE_QUESTIONS = tuple(_MN["words"]), tuple(_MN["needles"]), tuple(_MN["questions"])
@@ -168,7 +169,11 @@ def _words(value: str) -> set[str]:
 
 def _fact(rng: random.Random, split: str, taken: set[str]) -> tuple[str, str, str, str, dict]:
     """(relation, statement, question, answer, fields) of one fact about a person not in `taken`."""
-    relation = rng.choice(sorted(_FACTS))
+    names = sorted(_FACTS)
+    if split == "eval":  # uniform, and the same draws as always
+        relation = rng.choice(names)
+    else:  # relations held out least often right are drawn more (phrasing.toml train_weight)
+        relation = rng.choices(names, [_FACT_WEIGHTS[n] for n in names])[0]
     key, templates = _FACTS[relation]
     statements, questions = templates[split]
     while True:
