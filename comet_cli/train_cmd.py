@@ -85,7 +85,8 @@ train_options = stack(
                       "in the live chunk (the rest: any depth).", float),
     _arg("init_adapter", "Start from this adapter (its memory settings win; --lora-targets can add targets). "
                          "Default: a fresh, untrained memory.", click.Path(exists=True, dir_okay=False)),
-    _arg("time_limit_min", "Stop after this many minutes (the steps done are saved). Default: no limit.",
+    _arg("time_limit_min", "Stop within this many minutes: no step starts that would end past it, judged by the "
+         "longest step so far (the steps done are saved). Default: no limit.",
          click.FloatRange(0.0, min_open=True), flag="--time-limit"),
     _arg("save_every", "Write a checkpoint every N steps (also at the end and on Ctrl-C).", POS),
     _arg("seed", "Seed of the sample draw and of a fresh adapter.", int),

@@ -16,7 +16,7 @@ from comet_core.loading import ModelError
 from comet_core.model import CometModel
 from comet_core.prompt import question_ids
 from comet_core.tasks import Sample
-from comet_core.train.trainer import Curriculum, Encoded, TrainArgs, encode, sample_loss, train
+from comet_core.train.trainer import Curriculum, Encoded, TrainArgs, encode, out_of_time, sample_loss, train
 
 
 @pytest.fixture(scope="module")
@@ -201,6 +201,13 @@ def test_curriculum_patience_promotes_after_n_steps():
     assert cur.end_step() and cur.level == 4 and cur.steps_at_level == 0
     assert not any(cur.end_step() for _ in range(5)) and cur.level == 4  # the top level stays
     assert not Curriculum(level=2, max_level=4, promote_at=0.75, window=4).end_step()  # 0 = never
+
+
+def test_time_limit_starts_no_step_that_would_end_past_it():
+    """A run with --time-limit 10 (minutes) whose longest step took 85 s stops at 8:36, not after 10:00."""
+    assert not out_of_time(500.0, 85.0, 10)
+    assert out_of_time(516.0, 85.0, 10) and out_of_time(601.0, 0.0, 10)
+    assert not out_of_time(10 ** 6, 85.0, None)  # no limit
 
 
 def test_train_saves_and_resumes(env, monkeypatch):

@@ -159,6 +159,11 @@ def pick_level(args: TrainArgs, cur: Curriculum, rng: random.Random) -> int:
     return cur.level
 
 
+def out_of_time(elapsed_s: float, longest_step_s: float, limit_min: float | None) -> bool:
+    """True when another step, as long as the longest so far, would end past the limit (None: no limit)."""
+    return bool(limit_min) and elapsed_s + longest_step_s > 60 * limit_min
+
+
 def levels(args: TrainArgs) -> list[int]:
     """Curriculum levels: min_chunks, doubling up to max_chunks (which is always the last)."""
     out, lv = [], args.min_chunks
@@ -354,12 +359,13 @@ def train(args: TrainArgs, on_step: Callable[[dict], None] | None = None, pp: in
     stepping = False  # True while the weights are between two completed steps
     ahead = None if not args.workers else Prefetch(args.workers, tok, cfg, weights, args.accum * mesh.dp,
                                                    args.priming, args.in_memory, args.random_plan)
+    longest = 0.0  # seconds of the longest step so far: the time limit stops before a step could overrun it
     try:
         if args.eval_every and step == 0:
             evaluate_now()  # the curve's starting point
         while step < args.steps:
             stop = torch.zeros(1, device=mesh.device)
-            if mesh.rank == 0 and args.time_limit_min and time.time() - t0 > 60 * args.time_limit_min:
+            if mesh.rank == 0 and out_of_time(time.time() - t0, longest, args.time_limit_min):
                 stop[0] = 1
             if mesh.world > 1:
                 all_reduce(stop, "stop flag")
@@ -420,6 +426,7 @@ def train(args: TrainArgs, on_step: Callable[[dict], None] | None = None, pp: in
             seen_tokens += int(stats[2])
             stepping = False
             dt = time.time() - ts
+            longest = max(longest, dt)
             level = cur.level
             cur.end_step()
             record = {"step": step, "loss": float(stats[0] / max(1.0, float(stats[1]))),
