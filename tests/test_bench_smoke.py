@@ -22,7 +22,6 @@ if str(REPO) not in sys.path:
 from bench import (  # noqa: E402
     attention,
     common,
-    count_probe,
     experiments,
     gates,
     generation,
@@ -33,6 +32,7 @@ from bench import (  # noqa: E402
     memory_gain,
     memory_probe,
     needle_leaks,
+    order_probe,
     priming_ab,
     profile_read,
     scaling,
@@ -235,10 +235,15 @@ def test_memory_gain_and_probe_run_on_a_tiny_adapter(tiny_env, tmp_path, monkeyp
     res = json.loads((tmp_path / "g2.json").read_text())
     assert all(s["in_window"] is None for s in res["summary"])
     assert [(d["task"], d["n"], d["diff"], d["se"]) for d in res["paired"]] == [("passkey", 3, 0.0, 0.0)]
-    # count questions three ways from the same text: as asked, the number stated twice, a training wording
-    res = count_probe.main(["--model", str(model), "--adapter", adapter, "--precision", "bf16", "--samples", "2",
-                              "--json-out", str(tmp_path / "c.json")])
-    assert [r["variant"] for r in res["rows"]] == ["eval", "twice", "train"] * 2
+    # count and pet questions from the same text in several wordings (value first, value last, ...)
+    res = order_probe.main(["--model", str(model), "--adapter", adapter, "--precision", "bf16", "--samples", "2",
+                            "--json-out", str(tmp_path / "c.json")])
+    assert [r["variant"] for r in res["rows"]] == ["eval", "twice", "train", "no_exactly", "no_opener",
+                                                   "city_first"] * 2
+    pet = order_probe.main(["--model", str(model), "--adapter", adapter, "--precision", "bf16", "--relation",
+                            "pet", "--samples", "1", "--json-out", str(tmp_path / "p.json")])
+    assert [r["variant"] for r in pet["rows"]] == ["eval", "owner_first"]
+    assert json.loads((tmp_path / "p.json").read_text())["rows"] == pet["rows"]
     assert all(v["of"] == 2 and v["right"] + sum(v["wrong_by_digits"].values()) == 2 for v in res["summary"].values())
     res = heldout.main(["--model", str(model), "--adapters", f"{adapter},{adapter}", "--precisions", "bf16",
                         "--tokens", "256", "--samples", "2", "--json-out", str(tmp_path / "h.json")])
