@@ -21,7 +21,7 @@ a memory that keeps some digits and drops one answers "747" for 3474).
 
     python -m bench.order_probe --adapter checkpoints/r20/adapter.safetensors --relation count --samples 20
 
-~1 min per variant at 256 tokens and 20 samples on the 2-core CPU.
+~20 s per variant at 256 tokens and 20 samples on the 2-core CPU.
 """
 
 from __future__ import annotations

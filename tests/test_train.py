@@ -204,7 +204,7 @@ def test_curriculum_patience_promotes_after_n_steps():
 
 
 def test_time_limit_starts_no_step_that_would_end_past_it():
-    """A run with --time-limit 10 (minutes) whose longest step took 85 s stops at 8:36, not after 10:00."""
+    """A run with --time-limit 10 (minutes) whose longest step took 85 s starts no step after 8:35 (not 10:00)."""
     assert not out_of_time(500.0, 85.0, 10)
     assert out_of_time(516.0, 85.0, 10) and out_of_time(601.0, 0.0, 10)
     assert not out_of_time(10 ** 6, 85.0, None)  # no limit
