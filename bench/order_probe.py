@@ -71,6 +71,12 @@ def pet_variants(f: dict, needle: str) -> dict[str, str]:
 RELATIONS = {"count": count_variants, "pet": pet_variants}
 
 
+def _digits(prediction: str) -> int:
+    """Digits of the answer's first number (0: none)."""
+    m = re.search(r"\d+", prediction)
+    return len(m.group()) if m else 0
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--adapter", required=True)
@@ -82,21 +88,18 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--json-out", type=Path, default=None, help="default: bench/results/order_probe-RELATION.json")
     a = ap.parse_args(argv)
     engine = load_system("comet", a.model, a.precision, a.adapter)
-    right: dict[str, int] = collections.Counter()
-    digits: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     rows = []
     for s in fact_samples(engine.tok, a.relation, a.tokens, a.samples):
         for name, needle in RELATIONS[a.relation](s.meta["fields"], s.meta["needle"]).items():
-            context = s.context.replace(s.meta["needle"], needle)
-            pred = answer_with_memory(engine, context, s.question, 16)
-            ok = score(s, pred)["acc"] == 1.0
-            right[name] += ok
-            if not ok:
-                m = re.search(r"\d+", pred)
-                digits[name][len(m.group()) if m else 0] += 1
-            rows.append({"variant": name, "answer": s.answer, "prediction": pred, "acc": float(ok)})
-    summary = {k: {"right": right[k], "of": a.samples, "wrong_by_digits": dict(sorted(digits[k].items()))}
-               for k in dict.fromkeys(r["variant"] for r in rows)}
+            pred = answer_with_memory(engine, s.context.replace(s.meta["needle"], needle), s.question, 16)
+            rows.append({"variant": name, "answer": s.answer, "prediction": pred,
+                         "acc": float(score(s, pred)["acc"] == 1.0)})
+    summary = {}
+    for name in dict.fromkeys(r["variant"] for r in rows):
+        mine = [r for r in rows if r["variant"] == name]
+        wrong = collections.Counter(_digits(r["prediction"]) for r in mine if not r["acc"])
+        summary[name] = {"right": int(sum(r["acc"] for r in mine)), "of": len(mine),
+                         "wrong_by_digits": dict(sorted(wrong.items()))}
     res = {"adapter": a.adapter, "relation": a.relation, "tokens": a.tokens, "precision": a.precision,
            "summary": summary, "rows": rows}
     print("| variant | right | wrong answers by digits |\n|---|---|---|")
